@@ -1,0 +1,47 @@
+# One entry point for setting up, serving and testing. Every target installs
+# what it needs first, so each works on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TSTAMP := $(VENV)/.installed-test
+MODELS ?= $(CURDIR)/models
+GRPC_PORT ?= 8500
+REST_PORT ?= 8501
+
+.PHONY: install install-test serve models test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(wildcard protos/*/*/*.proto)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e .
+	$(BIN)/python -m serving.protogen
+	@touch $@
+
+install-test: $(TSTAMP)
+
+$(TSTAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+models: install
+	$(BIN)/python -m serving.examples $(MODELS)
+
+serve: models
+	$(BIN)/model-server --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) \
+	    --model_config_file=$(MODELS)/models.config \
+	    --model_config_file_poll_wait_seconds=10
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+lint: install-test
+	$(BIN)/ruff check serving tests loadtests
+	$(BIN)/ruff format --check serving tests loadtests
+
+bench: install-test
+	$(BIN)/python -m loadtests
+
+clean:
+	rm -rf $(VENV) models serving/_generated .pytest_cache

@@ -1,0 +1,1 @@
+"""Thin protocol adapters over serving.inference: gRPC and REST."""

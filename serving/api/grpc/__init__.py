@@ -1,0 +1,1 @@
+"""gRPC: TF Serving's PredictionService and ModelService."""

@@ -1,0 +1,1 @@
+"""Validated configuration: the model list and the optional config protos."""

@@ -1,0 +1,80 @@
+"""One error type for every client-visible failure.
+
+The inference layer raises `ServingError` with a gRPC status code; the gRPC
+adapter passes the code through and the REST adapter maps it to HTTP, so both
+protocols report the same mistake the same way (as TF Serving does).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+# TF Serving's mapping from canonical status codes to HTTP status codes
+# (http_rest_api_handler's ToHTTPStatusCode).
+_HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+class ServingError(Exception):
+    """A failure with a canonical status code and a message meant for the client."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS.get(self.code, 500)
+
+    @property
+    def code_name(self) -> str:
+        return self.code.name
+
+    def __repr__(self) -> str:
+        return f"ServingError({self.code.name}, {self.message!r})"
+
+
+def invalid_argument(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def failed_precondition(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def unavailable(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def unimplemented(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.UNIMPLEMENTED, message)
+
+
+def internal(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INTERNAL, message)
+
+
+def http_status_for(code: grpc.StatusCode) -> int:
+    return _HTTP_STATUS.get(code, 500)

@@ -1,0 +1,192 @@
+"""The protocol-independent request handlers shared by gRPC and REST."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.errors import invalid_argument, unimplemented
+from serving.inference import examples as ex
+from serving.inference.model_ref import ModelRef
+from serving.inference.runner import Runner
+from serving.inference.signatures import (
+    check_inputs,
+    check_output_filter,
+    select_example_signature,
+    select_signature,
+)
+from serving.manager.manager import ServableManager
+from serving.manager.state import VersionStatus
+from serving.servables.signature import CLASSIFY_METHOD, REGRESS_METHOD, Signature
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    name: str
+    version: int
+    signature_name: str
+    outputs: dict[str, np.ndarray]
+    # The signature's output specs, so adapters can shape responses.
+    signature: Signature
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    name: str
+    version: int
+    signature_name: str
+    classes: np.ndarray | None  # [batch, num_classes] of bytes
+    scores: np.ndarray | None  # [batch, num_classes] float32
+
+
+@dataclass(frozen=True)
+class RegressResult:
+    name: str
+    version: int
+    signature_name: str
+    values: np.ndarray  # [batch] float32
+
+
+@dataclass(frozen=True)
+class MetadataResult:
+    name: str
+    version: int
+    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
+
+
+@dataclass(frozen=True)
+class InferenceTask:
+    ref: ModelRef
+    method_name: str
+
+
+class InferenceService:
+    def __init__(
+        self, manager: ServableManager, runner: Runner, *, method_name_check: bool = False
+    ) -> None:
+        self.manager = manager
+        self.runner = runner
+        self._method_check = method_name_check
+
+    async def predict(
+        self,
+        ref: ModelRef,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str] = (),
+    ) -> PredictResult:
+        with self.manager.acquire(ref.servable_request) as servable:
+            signature = select_signature(servable, ref.signature_name)
+            checked = check_inputs(ref.name, signature, inputs)
+            wanted = check_output_filter(signature, output_filter)
+            outputs = await self.runner.run(servable, signature, checked, wanted)
+            return PredictResult(ref.name, servable.version, signature.key, outputs, signature)
+
+    async def classify(self, ref: ModelRef, examples: np.ndarray) -> ClassifyResult:
+        with self.manager.acquire(ref.servable_request) as servable:
+            signature = select_example_signature(servable, ref.signature_name)
+            plan = ex.plan_classify(signature, self._method_check)
+            out = await self.runner.run(
+                servable, signature, {plan.input_alias: examples}, plan.outputs
+            )
+            classes, scores = ex.classification_arrays(
+                len(examples), out.get(ex.CLASSES), out.get(ex.SCORES)
+            )
+            return ClassifyResult(ref.name, servable.version, signature.key, classes, scores)
+
+    async def regress(self, ref: ModelRef, examples: np.ndarray) -> RegressResult:
+        with self.manager.acquire(ref.servable_request) as servable:
+            signature = select_example_signature(servable, ref.signature_name)
+            alias = ex.plan_regress(signature, self._method_check)
+            out = await self.runner.run(
+                servable, signature, {alias: examples}, [ex.REGRESS_OUTPUTS]
+            )
+            values = ex.regression_array(len(examples), out[ex.REGRESS_OUTPUTS])
+            return RegressResult(ref.name, servable.version, signature.key, values)
+
+    async def multi_inference(
+        self, tasks: Sequence[InferenceTask], examples: np.ndarray
+    ) -> list[ClassifyResult | RegressResult]:
+        """Several classify/regress signatures over the same examples, in one run."""
+        if not tasks:
+            raise invalid_argument("Expected at least one task")
+        first = tasks[0].ref
+        for task in tasks:
+            if task.ref.name != first.name:
+                raise invalid_argument(
+                    "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+                )
+        with self.manager.acquire(first.servable_request) as servable:
+            chosen: list[tuple[InferenceTask, Signature]] = []
+            seen: set[str] = set()
+            for task in tasks:
+                key = task.ref.signature_name or servable.default_signature
+                if key in seen:
+                    raise invalid_argument(f"Duplicate evaluation of signature: {key}")
+                seen.add(key)
+                signature = servable.signatures.get(key)
+                if signature is None:
+                    raise invalid_argument(f"Requested signature not found in model graph: {key}")
+                chosen.append((task, signature))
+            combined, routes = self._combine(chosen)
+            out = await self.runner.run(
+                servable, combined, {"inputs": examples}, list(combined.outputs)
+            )
+            results: list[ClassifyResult | RegressResult] = []
+            for (task, signature), route in zip(chosen, routes, strict=True):
+                if task.method_name == CLASSIFY_METHOD:
+                    classes, scores = ex.classification_arrays(
+                        len(examples),
+                        out.get(route.get(ex.CLASSES, "")),
+                        out.get(route.get(ex.SCORES, "")),
+                    )
+                    results.append(
+                        ClassifyResult(first.name, servable.version, signature.key, classes, scores)
+                    )
+                else:
+                    values = ex.regression_array(len(examples), out[route[ex.REGRESS_OUTPUTS]])
+                    results.append(
+                        RegressResult(first.name, servable.version, signature.key, values)
+                    )
+            return results
+
+    def _combine(
+        self, chosen: Sequence[tuple[InferenceTask, Signature]]
+    ) -> tuple[Signature, list[dict[str, str]]]:
+        """One signature holding every task's outputs, so one run serves all."""
+        input_spec = None
+        outputs = {}
+        routes: list[dict[str, str]] = []
+        for index, (task, signature) in enumerate(chosen):
+            if task.method_name == CLASSIFY_METHOD:
+                wanted = ex.plan_classify(signature, self._method_check).outputs
+            elif task.method_name == REGRESS_METHOD:
+                ex.plan_regress(signature, self._method_check)
+                wanted = [ex.REGRESS_OUTPUTS]
+            else:
+                raise unimplemented(f"Unsupported signature method_name: {task.method_name}")
+            spec = next(iter(signature.inputs.values()))
+            if input_spec is None:
+                input_spec = spec
+            elif spec.tensor_name != input_spec.tensor_name:
+                raise invalid_argument("Input tensor must be the same for all Signatures.")
+            route = {}
+            for alias in wanted:
+                key = f"{index}/{alias}"
+                outputs[key] = signature.outputs[alias]
+                route[alias] = key
+            routes.append(route)
+        assert input_spec is not None
+        key = "\x00multi:" + ",".join(sig.key for _t, sig in chosen)
+        combined = Signature(key, "", {"inputs": input_spec}, outputs)
+        return combined, routes
+
+    def metadata(self, ref: ModelRef) -> MetadataResult:
+        with self.manager.acquire(ref.servable_request) as servable:
+            return MetadataResult(ref.name, servable.version, servable.signature_defs)
+
+    def status(self, ref: ModelRef) -> list[VersionStatus]:
+        # Like TF Serving, a version label is ignored here: all versions are listed.
+        return self.manager.status(ref.name, ref.version)

@@ -1,0 +1,106 @@
+"""Choosing and checking the signature a request runs."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import numpy as np
+
+from serving.errors import failed_precondition, invalid_argument
+from serving.servables.base import Servable
+from serving.servables.signature import Signature, TensorSpec, short_dtype_name
+
+
+def select_signature(servable: Servable, signature_name: str) -> Signature:
+    """Predict's lookup: an unknown key is FAILED_PRECONDITION, as in TF Serving."""
+    key = signature_name or servable.default_signature
+    signature = servable.signatures.get(key)
+    if signature is None:
+        raise failed_precondition(f'Serving signature key "{key}" not found.')
+    return signature
+
+
+def select_example_signature(servable: Servable, signature_name: str) -> Signature:
+    """Classify/Regress lookup: TF Serving answers INVALID_ARGUMENT here."""
+    key = signature_name or servable.default_signature
+    signature = servable.signatures.get(key)
+    if signature is None:
+        raise invalid_argument(f"No signature was found with the name: {key}")
+    return signature
+
+
+def _set(names: Collection[str]) -> str:
+    return ",".join(sorted(names))
+
+
+def check_inputs(
+    model_name: str, signature: Signature, inputs: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Validate names, dtypes and shapes; return inputs cast where lossless."""
+    if len(inputs) != len(signature.inputs):
+        sent, wanted = set(inputs), set(signature.inputs)
+        raise invalid_argument(
+            f"input size does not match signature: {len(inputs)}!={len(wanted)} "
+            f"len({{{_set(sent)}}}) != len({{{_set(wanted)}}}). "
+            f"Sent extra: {{{_set(sent - wanted)}}}. "
+            f"Missing but required: {{{_set(wanted - sent)}}}."
+        )
+    for alias in inputs:
+        if alias not in signature.inputs:
+            raise invalid_argument(
+                f"input tensor alias not found in signature: {alias}. "
+                f"Inputs expected to be in the set {{{_set(signature.inputs)}}}."
+            )
+    checked: dict[str, np.ndarray] = {}
+    for alias, spec in signature.inputs.items():
+        checked[alias] = _check_input(spec, inputs[alias])
+    return checked
+
+
+def _check_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    expected = spec.np_dtype
+    if array.dtype != expected:
+        raise invalid_argument(
+            f"Expected input {spec.alias} to be {short_dtype_name(spec.dtype)} "
+            f"but get {_numpy_type_name(array)}."
+        )
+    if spec.shape is not None and not _shape_ok(spec.shape, array.shape):
+        raise invalid_argument(
+            f"input '{spec.alias}' has shape {list(array.shape)}, which is not compatible "
+            f"with the signature's shape {list(spec.shape)}"
+        )
+    return array
+
+
+def _shape_ok(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
+    # As lenient as TF Serving's Session::Run: a lower rank passes (its own
+    # clients send [1] to a [-1, 1] input); a higher rank or a known
+    # dimension that differs cannot be what the signature means.
+    if len(got) > len(expected):
+        return False
+    if len(got) < len(expected):
+        return True
+    return all(e < 0 or e == g for e, g in zip(expected, got, strict=True))
+
+
+def _numpy_type_name(array: np.ndarray) -> str:
+    from serving.inference.tensors import DTYPE_OF_NUMPY
+
+    dtype = DTYPE_OF_NUMPY.get(array.dtype)
+    return short_dtype_name(dtype) if dtype is not None else str(array.dtype)
+
+
+def check_output_filter(signature: Signature, output_filter: Collection[str]) -> list[str]:
+    if not output_filter:
+        return list(signature.outputs)
+    seen: set[str] = set()
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise invalid_argument(
+                f"output tensor alias not found in signature: {alias} "
+                f"Outputs expected to be in the set {{{_set(signature.outputs)}}}."
+            )
+        if alias in seen:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+    return list(output_filter)

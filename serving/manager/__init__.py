@@ -1,0 +1,1 @@
+"""The manager: reconciles aspired versions with loaded ones."""

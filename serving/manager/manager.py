@@ -1,0 +1,433 @@
+"""Aspired-versions manager with TF Serving's availability-preserving policy.
+
+Sources say which versions of each model *should* be served
+(`set_aspired_versions`); the manager loads and unloads to match, one
+reconcile pass at a time on its own thread, with loads on a small pool.
+
+Availability preserving: a version that is no longer aspired is unloaded only
+once some aspired version is AVAILABLE (or nothing is aspired at all), so a
+swap never leaves a gap, and a new version that fails to load leaves the old
+one serving. Requests hold a handle; unloading waits for every handle on the
+version to be released, so no in-flight request fails during a swap.
+
+A version whose load failed is retried `max_load_retries` times, and again
+whenever its files change (a folder still being copied when first seen).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from serving.errors import invalid_argument, not_found
+from serving.manager.state import State, Transition, VersionStatus
+from serving.servables.base import LoadError, Servable
+from serving.sources.file_system import fingerprint
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[str, int, str], Servable]
+
+
+@dataclass
+class _Version:
+    version: int
+    path: str
+    state: State = State.START
+    aspired: bool = True
+    error: str = ""
+    error_code: int = 0
+    servable: Servable | None = None
+    inflight: int = 0
+    attempts: int = 0
+    retry_at: float | None = None
+    failed_fingerprint: tuple | None = None
+    job_running: bool = False
+
+
+@dataclass
+class _Model:
+    name: str
+    versions: dict[int, _Version] = field(default_factory=dict)
+    # Labels in use, and the ones the config asks for: a label moves to its
+    # new version only once that version is AVAILABLE.
+    labels: dict[str, int] = field(default_factory=dict)
+    wanted_labels: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServableRequest:
+    """Which version a request wants: a number, a label, or the latest."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    def describe(self) -> str:
+        # TF Serving's ServableRequest::DebugString.
+        if self.version is not None:
+            return f"Specific({self.name}, {self.version})"
+        return f"Latest({self.name})"
+
+
+class ServableManager:
+    def __init__(
+        self,
+        loader: Loader,
+        *,
+        max_load_retries: int = 5,
+        load_retry_interval_s: float = 60.0,
+        load_threads: int = 2,
+        allow_labels_for_unavailable: bool = False,
+        on_transition: Callable[[Transition], None] | None = None,
+    ) -> None:
+        self._loader = loader
+        self._max_retries = max_load_retries
+        self._retry_interval = load_retry_interval_s
+        self._allow_unavailable_labels = allow_labels_for_unavailable
+        self._listeners: list[Callable[[Transition], None]] = []
+        if on_transition is not None:
+            self._listeners.append(on_transition)
+        self._models: dict[str, _Model] = {}
+        self._cond = threading.Condition()
+        self._pool = ThreadPoolExecutor(max(1, load_threads), thread_name_prefix="load")
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="manager", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------- inputs
+
+    def add_listener(self, listener: Callable[[Transition], None]) -> None:
+        self._listeners.append(listener)
+
+    def set_aspired_versions(self, name: str, aspired: Mapping[int, str]) -> None:
+        """The complete set of versions of `name` that should be served now."""
+        with self._cond:
+            model = self._models.setdefault(name, _Model(name))
+            for number, entry in model.versions.items():
+                entry.aspired = number in aspired
+            for number, path in aspired.items():
+                entry = model.versions.get(number)
+                unloaded = entry is not None and entry.state == State.END and not entry.error
+                if entry is None or unloaded or (entry.error and entry.path != path):
+                    model.versions[number] = _Version(number, path)
+                elif entry.error and not entry.job_running and self._files_changed(entry):
+                    log.info("%s version %d: files changed since it failed; retrying", name, number)
+                    entry.state, entry.error, entry.attempts = State.START, "", 0
+                    entry.retry_at = None
+            self._cond.notify_all()
+
+    def set_labels(self, name: str, labels: Mapping[str, int]) -> None:
+        """Ask for version labels; each takes effect once its version is AVAILABLE.
+
+        Until then a label keeps pointing at its previous version, so moving
+        `stable` to a version still loading never breaks `stable` requests.
+        With allow_labels_for_unavailable, a *new* label applies at once (TF
+        Serving's rule for --allow_version_labels_for_unavailable_models).
+        """
+        with self._cond:
+            model = self._models.setdefault(name, _Model(name))
+            model.wanted_labels = dict(labels)
+            self._promote_labels(model)
+
+    def _promote_labels(self, model: _Model) -> None:
+        for label in list(model.labels):
+            if label not in model.wanted_labels:
+                del model.labels[label]
+        for label, number in model.wanted_labels.items():
+            if model.labels.get(label) == number:
+                continue
+            entry = model.versions.get(number)
+            ready = entry is not None and entry.state == State.AVAILABLE
+            if ready or (self._allow_unavailable_labels and label not in model.labels):
+                model.labels[label] = number
+
+    def remove_model(self, name: str) -> None:
+        """Unload every version of `name` and forget its labels."""
+        self.set_aspired_versions(name, {})
+        self.set_labels(name, {})
+
+    # ---------------------------------------------------------------- lookups
+
+    def model_names(self) -> list[str]:
+        with self._cond:
+            return sorted(self._models)
+
+    def resolve(self, request: ServableRequest) -> ServableRequest:
+        """Turn a label into its version number."""
+        if request.label is None:
+            return request
+        with self._cond:
+            model = self._models.get(request.name)
+            if model is None or request.label not in model.labels:
+                raise invalid_argument(f"Unrecognized servable version label: {request.label}")
+            return ServableRequest(request.name, model.labels[request.label])
+
+    @contextmanager
+    def acquire(self, request: ServableRequest) -> Iterator[Servable]:
+        """Hold a loaded version for the duration of one request."""
+        entry = self._take(self.resolve(request))
+        try:
+            assert entry.servable is not None
+            yield entry.servable
+        finally:
+            with self._cond:
+                entry.inflight -= 1
+                if entry.inflight == 0:
+                    self._cond.notify_all()
+
+    def _take(self, request: ServableRequest) -> _Version:
+        with self._cond:
+            model = self._models.get(request.name)
+            entry: _Version | None = None
+            if model is not None:
+                if request.version is None:
+                    ready = [v for v in model.versions.values() if v.state == State.AVAILABLE]
+                    entry = max(ready, key=lambda v: v.version, default=None)
+                else:
+                    entry = model.versions.get(request.version)
+                    if entry is not None and entry.state != State.AVAILABLE:
+                        entry = None
+            if entry is None:
+                raise not_found(f"Servable not found for request: {request.describe()}")
+            entry.inflight += 1
+            return entry
+
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """Versions of `name`, newest first, as GetModelStatus reports them."""
+        with self._cond:
+            model = self._models.get(name)
+            if model is None or not model.versions:
+                raise not_found(f"Could not find any versions of model {name}")
+            entries = sorted(model.versions.values(), key=lambda v: -v.version)
+            if version is not None:
+                entries = [v for v in entries if v.version == version]
+                if not entries:
+                    raise not_found(f"Could not find version {version} of model {name}")
+            return [
+                VersionStatus(
+                    v.version,
+                    v.state,
+                    v.error if v.state == State.END else "",
+                    v.servable.device if v.servable is not None else "",
+                    v.error_code if v.state == State.END and v.error else 0,
+                )
+                for v in entries
+            ]
+
+    def labels(self, name: str) -> dict[str, int]:
+        with self._cond:
+            model = self._models.get(name)
+            return dict(model.labels) if model else {}
+
+    def available_versions(self, name: str) -> list[int]:
+        with self._cond:
+            model = self._models.get(name)
+            if model is None:
+                return []
+            return sorted(v.version for v in model.versions.values() if v.state == State.AVAILABLE)
+
+    def is_settled(self, name: str) -> bool:
+        """True once no aspired version of `name` is still waiting to load."""
+        with self._cond:
+            model = self._models.get(name)
+            if model is None:
+                return False
+            return all(
+                v.state in (State.AVAILABLE, State.END) and v.retry_at is None
+                for v in model.versions.values()
+                if v.aspired
+            )
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.2))
+            return True
+
+    # ------------------------------------------------------------- reconcile
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                wake = self._reconcile()
+                self._cond.wait(timeout=wake)
+
+    def _reconcile(self) -> float:
+        """Start whatever loads/unloads are due; return seconds until next due time."""
+        now = time.monotonic()
+        next_due = 1.0
+        for model in self._models.values():
+            # Loads: every aspired version that has not been tried (or is due a retry).
+            for entry in model.versions.values():
+                if not entry.aspired or entry.job_running:
+                    continue
+                if entry.state == State.START:
+                    self._start_load(model, entry)
+                elif entry.state == State.LOADING and entry.retry_at is not None:
+                    if entry.retry_at <= now:
+                        entry.retry_at = None
+                        self._start_load(model, entry)
+                    else:
+                        next_due = min(next_due, entry.retry_at - now)
+            self._unload_unaspired(model)
+        return max(next_due, 0.01)
+
+    def _unload_unaspired(self, model: _Model) -> None:
+        aspired = [v for v in model.versions.values() if v.aspired]
+        serving_aspired = any(v.state == State.AVAILABLE for v in aspired)
+        for entry in model.versions.values():
+            if entry.aspired or entry.job_running:
+                continue
+            if entry.state in (State.START, State.LOADING):
+                # Never loaded (or between retries) and no longer wanted.
+                self._transition(model, entry, State.END)
+            elif entry.state == State.AVAILABLE and (not aspired or serving_aspired):
+                self._start_unload(model, entry)
+        if not aspired or serving_aspired:
+            return
+        # Availability preserving: keep one unaspired version, the newest, serving.
+        stale = sorted(
+            (v for v in model.versions.values() if not v.aspired and v.state == State.AVAILABLE),
+            key=lambda v: v.version,
+        )
+        for entry in stale[:-1]:
+            if not entry.job_running:
+                self._start_unload(model, entry)
+
+    def _start_load(self, model: _Model, entry: _Version) -> None:
+        entry.job_running = True
+        entry.attempts += 1
+        if entry.state != State.LOADING:
+            self._transition(model, entry, State.LOADING)
+        self._pool.submit(self._load_job, model, entry)
+
+    def _load_job(self, model: _Model, entry: _Version) -> None:
+        started = time.monotonic()
+        try:
+            servable = self._loader(model.name, entry.version, entry.path)
+        except LoadError as exc:
+            self._load_failed(model, entry, str(exc), exc.code)
+            return
+        except Exception as exc:  # anything else a broken model throws
+            self._load_failed(model, entry, f"{type(exc).__name__}: {exc}", 2)
+            return
+        seconds = time.monotonic() - started
+        with self._cond:
+            entry.job_running = False
+            if self._stopping:
+                servable.close()
+                return
+            entry.servable = servable
+            entry.error = ""
+            entry.failed_fingerprint = None
+            self._transition(model, entry, State.AVAILABLE, seconds=seconds)
+            self._promote_labels(model)
+            self._cond.notify_all()
+
+    def _load_failed(self, model: _Model, entry: _Version, error: str, code: int) -> None:
+        stamp = fingerprint(entry.path)
+        with self._cond:
+            entry.job_running = False
+            entry.error_code = code
+            entry.failed_fingerprint = stamp
+            if entry.aspired and entry.attempts <= self._max_retries and not self._stopping:
+                log.warning(
+                    "%s version %d failed to load (attempt %d of %d), retrying in %.1fs: %s",
+                    model.name,
+                    entry.version,
+                    entry.attempts,
+                    self._max_retries + 1,
+                    self._retry_interval,
+                    error,
+                )
+                entry.error = error
+                entry.retry_at = time.monotonic() + self._retry_interval
+            else:
+                entry.error = error
+                entry.retry_at = None
+                self._transition(model, entry, State.END, error=error)
+            self._cond.notify_all()
+
+    def _start_unload(self, model: _Model, entry: _Version) -> None:
+        entry.job_running = True
+        self._transition(model, entry, State.UNLOADING)
+        self._pool.submit(self._unload_job, model, entry)
+
+    def _unload_job(self, model: _Model, entry: _Version, timeout: float | None = None) -> None:
+        started = time.monotonic()
+        with self._cond:
+            # No new handles are given out for an UNLOADING version; wait for
+            # the requests that hold one to finish.
+            self._cond.wait_for(lambda: entry.inflight == 0, timeout=timeout)
+            servable, entry.servable = entry.servable, None
+        try:
+            if servable is not None:
+                servable.close()
+        except Exception:  # closing must not take the manager down
+            log.exception("%s version %d: error while unloading", model.name, entry.version)
+        with self._cond:
+            entry.job_running = False
+            self._transition(model, entry, State.END, seconds=time.monotonic() - started)
+            self._cond.notify_all()
+
+    def _files_changed(self, entry: _Version) -> bool:
+        return entry.failed_fingerprint is not None and fingerprint(entry.path) != (
+            entry.failed_fingerprint
+        )
+
+    def _transition(
+        self,
+        model: _Model,
+        entry: _Version,
+        state: State,
+        *,
+        error: str = "",
+        seconds: float | None = None,
+    ) -> None:
+        entry.state = state
+        event = Transition(
+            model.name,
+            entry.version,
+            state,
+            error,
+            seconds,
+            entry.servable.device if entry.servable is not None else "",
+        )
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not stop the manager
+                log.exception("transition listener failed")
+
+    # -------------------------------------------------------------- shutdown
+
+    def shutdown(self, drain_timeout: float = 30.0) -> None:
+        """Unload everything, waiting up to `drain_timeout` for in-flight requests."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
+        with self._cond:
+            loaded = [
+                (m, v)
+                for m in self._models.values()
+                for v in m.versions.values()
+                if v.servable is not None
+            ]
+            for model, entry in loaded:
+                self._transition(model, entry, State.UNLOADING)
+        for model, entry in loaded:
+            self._unload_job(model, entry, timeout=drain_timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,24 @@
+"""The project's own protobuf messages (those tensorflow-serving-api lacks)."""
+
+from __future__ import annotations
+
+import sys
+
+from serving import protogen
+
+if protogen.is_stale():
+    protogen.generate()
+if str(protogen.OUT_DIR) not in sys.path:
+    sys.path.insert(0, str(protogen.OUT_DIR))
+
+from modelserver.config import (
+    batching_parameters_pb2,
+    monitoring_config_pb2,
+    ssl_config_pb2,
+)
+
+BatchingParameters = batching_parameters_pb2.BatchingParameters
+MonitoringConfig = monitoring_config_pb2.MonitoringConfig
+SSLConfig = ssl_config_pb2.SSLConfig
+
+__all__ = ["BatchingParameters", "MonitoringConfig", "SSLConfig"]

@@ -1,0 +1,62 @@
+"""The interface every loaded model version offers to the layers above."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.servables.signature import Signature
+
+DEFAULT_SERVING_SIGNATURE = "serving_default"
+HUB_DEFAULT_SIGNATURE = "default"
+
+
+class LoadError(Exception):
+    """A version could not be loaded; the message and code go into its status."""
+
+    def __init__(self, message: str, code: int = 2) -> None:  # 2 = UNKNOWN
+        super().__init__(message)
+        self.code = code
+
+
+class Servable(abc.ABC):
+    """One loaded model version.
+
+    `run` is thread-safe and blocking; callers run it off the event loop.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: str,
+        signature_defs: Mapping[str, meta_graph_pb2.SignatureDef],
+        default_signature: str,
+        device: str,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.device = device
+        self.default_signature = default_signature
+        # Kept as protos: GetModelMetadata returns them verbatim.
+        self.signature_defs = dict(signature_defs)
+        self.signatures: dict[str, Signature] = {
+            key: Signature.from_proto(key, sig) for key, sig in self.signature_defs.items()
+        }
+
+    @abc.abstractmethod
+    def run(
+        self,
+        signature: Signature,
+        inputs: Mapping[str, np.ndarray],
+        output_aliases: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        """Run `signature` on `inputs` (alias → array) and return the chosen outputs."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the model's memory; no `run` call is in flight."""

@@ -1,0 +1,97 @@
+"""Signatures as plain data: what a request is validated against."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+# DataType enum value → numpy dtype used to feed or read that type. String
+# tensors travel as object arrays of bytes; half as float16; bfloat16 is
+# fed through ml_dtypes (TensorFlow's own numpy extension type).
+_NP_DTYPES: dict[int, np.dtype] = {
+    types_pb2.DT_FLOAT: np.dtype(np.float32),
+    types_pb2.DT_DOUBLE: np.dtype(np.float64),
+    types_pb2.DT_INT32: np.dtype(np.int32),
+    types_pb2.DT_UINT8: np.dtype(np.uint8),
+    types_pb2.DT_UINT16: np.dtype(np.uint16),
+    types_pb2.DT_UINT32: np.dtype(np.uint32),
+    types_pb2.DT_UINT64: np.dtype(np.uint64),
+    types_pb2.DT_INT16: np.dtype(np.int16),
+    types_pb2.DT_INT8: np.dtype(np.int8),
+    types_pb2.DT_INT64: np.dtype(np.int64),
+    types_pb2.DT_BOOL: np.dtype(np.bool_),
+    types_pb2.DT_HALF: np.dtype(np.float16),
+    types_pb2.DT_COMPLEX64: np.dtype(np.complex64),
+    types_pb2.DT_COMPLEX128: np.dtype(np.complex128),
+    types_pb2.DT_STRING: np.dtype(object),
+}
+try:  # bfloat16 comes with TensorFlow's ml_dtypes dependency.
+    import ml_dtypes
+
+    _NP_DTYPES[types_pb2.DT_BFLOAT16] = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def numpy_dtype(dtype: int) -> np.dtype:
+    try:
+        return _NP_DTYPES[dtype]
+    except KeyError:
+        raise TypeError(f"unsupported tensor type {dtype_name(dtype)}") from None
+
+
+def dtype_name(dtype: int) -> str:
+    """DT_FLOAT → 'DT_FLOAT' (the spelling TF Serving's JSON metadata uses)."""
+    try:
+        return types_pb2.DataType.Name(dtype)
+    except ValueError:
+        return f"DT_{dtype}"
+
+
+def short_dtype_name(dtype: int) -> str:
+    """DT_FLOAT → 'float', as TensorFlow spells types in error messages."""
+    return dtype_name(dtype).removeprefix("DT_").lower()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    alias: str
+    tensor_name: str
+    dtype: int
+    # None for unknown rank; -1 for an unknown dimension.
+    shape: tuple[int, ...] | None
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return numpy_dtype(self.dtype)
+
+    @classmethod
+    def from_proto(cls, alias: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
+        shape = info.tensor_shape
+        dims = None if shape.unknown_rank else tuple(d.size for d in shape.dim)
+        return cls(alias=alias, tensor_name=info.name, dtype=info.dtype, shape=dims)
+
+
+@dataclass(frozen=True)
+class Signature:
+    key: str
+    method_name: str
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+
+    @classmethod
+    def from_proto(cls, key: str, sig: meta_graph_pb2.SignatureDef) -> Signature:
+        return cls(
+            key=key,
+            method_name=sig.method_name,
+            inputs={a: TensorSpec.from_proto(a, i) for a, i in sorted(sig.inputs.items())},
+            outputs={a: TensorSpec.from_proto(a, i) for a, i in sorted(sig.outputs.items())},
+        )

@@ -1,0 +1,209 @@
+"""Wires sources → manager → servables → inference → APIs, and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from google.protobuf import text_format
+from tensorflow.core.protobuf import config_pb2
+
+from serving.api.grpc.services import ModelServicer, PredictionServicer, add_services
+from serving.config.model_config import ConfigError, ServerModels, load_file, single_model
+from serving.core import ServerCore
+from serving.flags import ServerOptions
+from serving.inference.runner import DirectRunner, Runner
+from serving.inference.service import InferenceService
+from serving.manager.manager import ServableManager
+from serving.manager.state import State, Transition
+from serving.servables.base import Servable
+from serving.servables.loader import load_servable
+from serving.servables.session_bundle import SessionOptions
+from serving.sources.poller import FileSystemSource
+
+log = logging.getLogger("serving")
+
+
+class StartupError(RuntimeError):
+    """The server cannot start with these flags or files."""
+
+
+def check_options(options: ServerOptions) -> None:
+    """Cross-flag rules, with TF Serving's wording."""
+    if not options.model_config_file and not options.model_base_path:
+        raise StartupError(
+            "Both server_options.model_base_path and server_options.model_config_file are empty!"
+        )
+    if options.batching_parameters_file and not options.enable_batching:
+        raise StartupError(
+            "server_options.batching_parameters_file is set without setting "
+            "server_options.enable_batching to true."
+        )
+    if options.tensorflow_session_parallelism and (
+        options.tensorflow_intra_op_parallelism and options.tensorflow_inter_op_parallelism
+    ):
+        raise StartupError(
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, "
+            "server_options.tensorflow_inter_op_parallelism) separately. You cannot configure all."
+        )
+    if options.port and options.rest_api_port == options.port:
+        raise StartupError(
+            "server_options.http_port cannot be same as grpc_port. Please use a different "
+            "port for HTTP/REST API."
+        )
+
+
+def initial_models(options: ServerOptions) -> ServerModels:
+    if options.model_config_file:
+        return load_file(options.model_config_file)
+    return single_model(options.model_name, os.path.abspath(options.model_base_path))
+
+
+def session_options(options: ServerOptions) -> SessionOptions:
+    base = config_pb2.ConfigProto()
+    if options.tensorflow_session_config_file:
+        try:
+            with open(options.tensorflow_session_config_file) as f:
+                text_format.Parse(f.read(), base)
+        except (OSError, text_format.ParseError) as exc:
+            raise StartupError(
+                f"{options.tensorflow_session_config_file}: not a valid ConfigProto: {exc}"
+            ) from None
+    return SessionOptions(
+        tags=options.tags,
+        intra_op_threads=options.intra_op_threads,
+        inter_op_threads=options.inter_op_threads,
+        gpu_memory_fraction=options.per_process_gpu_memory_fraction,
+        base_config=base,
+    )
+
+
+def log_transition(event: Transition) -> None:
+    where = f" on {event.device}" if event.device else ""
+    if event.state == State.AVAILABLE:
+        log.info(
+            "model %s version %d AVAILABLE%s (loaded in %.3fs)",
+            event.model,
+            event.version,
+            where,
+            event.seconds or 0.0,
+        )
+    elif event.state == State.END and event.error:
+        log.error("model %s version %d failed to load: %s", event.model, event.version, event.error)
+    elif event.state == State.END:
+        log.info("model %s version %d unloaded", event.model, event.version)
+    else:
+        log.info("model %s version %d %s", event.model, event.version, event.state.name)
+
+
+class ModelServer:
+    """One process: the manager, the version source, and the API servers."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        check_options(options)
+        self.options = options
+        try:
+            self.initial_models = initial_models(options)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        self._session_options = session_options(options)
+        self.manager = ServableManager(
+            self.load,
+            max_load_retries=options.max_num_load_retries,
+            load_retry_interval_s=options.load_retry_interval_micros / 1e6,
+            load_threads=options.num_load_threads or 2,
+            allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models,
+            on_transition=log_transition,
+        )
+        self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
+        self.core = ServerCore(self.manager, self.source)
+        self.executor = ThreadPoolExecutor(
+            max_workers=options.grpc_max_threads or max(8, 4 * (os.cpu_count() or 1)),
+            thread_name_prefix="run",
+        )
+        self.runner: Runner = DirectRunner(self.executor)
+        self.service = InferenceService(
+            self.manager,
+            self.runner,
+            method_name_check=options.enable_signature_method_name_check,
+        )
+        self.observer = None
+        self._grpc: grpc.aio.Server | None = None
+        self.grpc_addresses: list[str] = []
+
+    def load(self, name: str, version: int, path: str) -> Servable:
+        return load_servable(name, version, path, self._session_options)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        opts = self.options
+        self.core.apply(self.initial_models, require_absolute=bool(opts.model_config_file))
+        if opts.model_config_file:
+            self.core.remember_text(opts.model_config_file)
+            self.core.watch_file(opts.model_config_file, opts.model_config_file_poll_wait_seconds)
+        self.source.start()
+        await self._start_grpc()
+        log.info(
+            "serving %d model(s): %s",
+            len(self.initial_models.models),
+            ", ".join(f"{m.name} ({m.base_path})" for m in self.initial_models.models),
+        )
+
+    async def _start_grpc(self) -> None:
+        opts = self.options
+        if not opts.port and not opts.grpc_socket_path:
+            return
+        limit = opts.max_message_bytes
+        channel_options = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+            *opts.channel_arguments,
+        ]
+        server = grpc.aio.server(options=channel_options)
+        prediction = PredictionServicer(
+            self.service,
+            tensor_content=False,
+            observer=self.observer,
+        )
+        model = ModelServicer(self.service, self._reload_config, observer=self.observer)
+        add_services(server, prediction, model)
+        addresses = []
+        if opts.port:
+            addresses.append(f"0.0.0.0:{opts.port}")
+        if opts.grpc_socket_path:
+            addresses.append(f"unix:{opts.grpc_socket_path}")
+        for address in addresses:
+            try:
+                bound = server.add_insecure_port(address)
+            except RuntimeError:
+                bound = 0
+            if not bound and not address.startswith("unix:"):
+                raise StartupError(f"could not bind gRPC to {address} (port in use?)")
+        await server.start()
+        self._grpc = server
+        self.grpc_addresses = addresses
+        for address in addresses:
+            log.info("Running gRPC ModelServer at %s ...", address)
+
+    async def _reload_config(self, proto) -> None:
+        await asyncio.to_thread(self.core.reload, proto, 600.0)
+
+    async def wait(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, unload everything."""
+        grace = self.options.drain_timeout_seconds
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        self.core.stop()
+        self.source.stop()
+        await asyncio.to_thread(self.manager.shutdown, grace)
+        self.executor.shutdown(wait=False, cancel_futures=True)

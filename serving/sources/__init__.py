@@ -1,0 +1,1 @@
+"""Sources: which versions of each model *should* be loaded."""

@@ -1,0 +1,106 @@
+"""Polls each model's base path and tells the manager what to serve."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+
+from serving.config.model_config import ModelConfig
+from serving.manager.manager import ServableManager
+from serving.sources.file_system import list_versions
+
+log = logging.getLogger(__name__)
+
+
+class FileSystemSource:
+    """One thread, every `poll_seconds`: list versions, apply policy, aspire.
+
+    `poll_seconds == 0` polls once per configuration change (TF Serving's
+    "poll once").
+    """
+
+    def __init__(self, manager: ServableManager, poll_seconds: float) -> None:
+        self._manager = manager
+        self._poll_seconds = poll_seconds
+        self._models: dict[str, ModelConfig] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._problems: dict[str, str] = {}
+        self._thread = threading.Thread(target=self._run, name="fs-source", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def set_models(self, models: Mapping[str, ModelConfig]) -> None:
+        """Replace the watched models; removed models are unloaded."""
+        with self._lock:
+            removed = set(self._models) - set(models)
+            self._models = dict(models)
+        for name in removed:
+            self._manager.remove_model(name)
+        self.poll_now()
+
+    def poll_now(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            self.poll_once()
+            if self._poll_seconds > 0:
+                self._wake.wait(self._poll_seconds)
+            else:
+                self._wake.wait()
+
+    def poll_once(self) -> None:
+        with self._lock:
+            models = list(self._models.values())
+        for model in models:
+            self._poll_model(model)
+
+    def _poll_model(self, model: ModelConfig) -> None:
+        try:
+            versions = list_versions(model.base_path)
+        except OSError as exc:
+            # Keep serving what is loaded: a transient storage error must not
+            # unload a model (TF Serving also leaves the aspired set alone).
+            self._report(
+                model.name,
+                f"Could not find base path {model.base_path} for servable {model.name}: "
+                f"{exc.strerror or exc}",
+            )
+            return
+        if not versions:
+            self._report(
+                model.name,
+                f"No versions of servable {model.name} found under base path {model.base_path}",
+            )
+        else:
+            self._problems.pop(model.name, None)
+        chosen = model.version_policy.select(versions)
+        wanted = getattr(model.version_policy, "versions", None)
+        if wanted:
+            for missing in sorted(set(wanted) - chosen):
+                self._report(
+                    f"{model.name}/{missing}",
+                    f"Version {missing} of servable {model.name}, which was requested to be "
+                    "served as a 'specific' version in the servable's version policy, was not "
+                    "found in the file system",
+                )
+        self._manager.set_aspired_versions(
+            model.name, {v: versions[v].path for v in sorted(chosen)}
+        )
+
+    def _report(self, key: str, message: str) -> None:
+        """Log a problem once, not on every poll."""
+        if self._problems.get(key) != message:
+            self._problems[key] = message
+            log.warning("%s", message)
