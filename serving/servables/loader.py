@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+
 from serving.servables.base import LoadError, Servable
-from serving.servables.session_bundle import SessionOptions, SessionServable
+from serving.servables.session_bundle import (
+    SessionOptions,
+    SessionServable,
+    VariablesNotRestored,
+)
+
+log = logging.getLogger(__name__)
 
 
 def load_servable(name: str, version: int, path: str, options: SessionOptions) -> Servable:
-    """Load one version; raises LoadError with a message fit for its status."""
+    """Load one version; raises LoadError with a message fit for its status.
+
+    The Session loader first (TF Serving's semantics and the fastest calls);
+    TF2's object-graph loader for exports only it can restore.
+    """
     try:
         return SessionServable(name, version, path, options)
+    except VariablesNotRestored as exc:
+        log.info("%s: %s; trying the TF2 object-graph loader", path, exc)
+        from serving.servables.object_graph import ObjectGraphServable
+
+        return ObjectGraphServable(name, version, path, options)
     except LoadError:
         raise
     except Exception as exc:  # TF raises many types; all mean "did not load"

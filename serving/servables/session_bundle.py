@@ -74,6 +74,18 @@ def is_hub_module(path: str) -> bool:
     return os.path.isfile(os.path.join(path, HUB_MODULE_FILE))
 
 
+class VariablesNotRestored(LoadError):
+    """The Session loader left variables uninitialised (see object_graph.py)."""
+
+
+def read_meta_graph(path: str, tags: frozenset[str]):
+    """The MetaGraphDef the loader would pick, for its signature_def map."""
+    try:
+        return loader_impl.SavedModelLoader(path).get_meta_graph_def_from_tags(sorted(tags))
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise LoadError(str(exc).strip().splitlines()[0]) from exc
+
+
 def status_from_tf_error(exc: tf.errors.OpError) -> ServingError:
     code = _TF_CODES.get(exc.error_code, grpc.StatusCode.INTERNAL)
     return ServingError(code, exc.message)
@@ -110,6 +122,9 @@ class SessionServable(Servable):
                     self._session, tags, path, clear_devices=bool(device)
                 )
                 self._init_tables(path, meta_graph)
+                self._check_restored(meta_graph)
+        except LoadError:
+            raise
         except (tf.errors.OpError, RuntimeError, ValueError, OSError, KeyError) as exc:
             message = (getattr(exc, "message", None) or str(exc)).strip()
             code = exc.error_code if isinstance(exc, tf.errors.OpError) else 2
@@ -126,6 +141,20 @@ class SessionServable(Servable):
         if initializers:
             assets = loader_impl.get_asset_tensors(path, meta_graph)
             self._session.run(initializers, feed_dict=assets)
+
+    def _check_restored(self, meta_graph) -> None:
+        handles = [n.name for n in meta_graph.graph_def.node if n.op == "VarHandleOp"]
+        if not handles:
+            return
+        checks = [
+            tf.raw_ops.VarIsInitializedOp(resource=self._graph.get_tensor_by_name(f"{h}:0"))
+            for h in handles
+        ]
+        missing = [h for h, ok in zip(handles, self._session.run(checks), strict=True) if not ok]
+        if missing:
+            raise VariablesNotRestored(
+                f"variables not restored by the Session loader: {', '.join(missing[:5])}"
+            )
 
     def _warn_on_absent_devices(self, path: str, meta_graph) -> None:
         present = {
