@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -45,7 +46,9 @@ def status_message(message: str) -> str:
 def rpc(api: str) -> Callable[[Handler], Handler]:
     """Turn ServingError into the gRPC status; anything else into INTERNAL.
 
-    Also reports each call's outcome to the service's observer (metrics).
+    Also reports each call to the observer (serving.observability: metrics,
+    in-flight tracking for the drain): `observer.start(api, "grpc", request)`
+    before, `observer.finish(token, code)` after, whatever the outcome.
     """
 
     def wrap(handler: Handler) -> Handler:
@@ -60,6 +63,9 @@ def rpc(api: str) -> Callable[[Handler], Handler]:
                 code = exc.code
                 await context.abort(exc.code, status_message(exc.message))
             except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:  # the client went away or the deadline passed
+                code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
                 code = grpc.StatusCode.INTERNAL
