@@ -151,7 +151,7 @@ class ModelServer:
         server = grpc.aio.server(options=channel_options)
         prediction = PredictionServicer(
             self.service,
-            tensor_content=False,
+            tensor_content=opts.enable_serialization_as_tensor_content,
             observer=self.observer,
         )
         model = ModelServicer(self.service, self._reload_config, observer=self.observer)
