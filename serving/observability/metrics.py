@@ -63,6 +63,22 @@ TFS_API = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
 DEFAULT_BATCH_THREAD_POOL = "model_server_batch_threads"
 
 
+class Children:
+    """`metric.labels(*values)` memoised: prometheus-client validates on every call."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], object] = {}
+
+    def __call__(self, *values: str):
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self._metric.labels(*values)
+        return child
+
+
 class Metrics:
     """One registry per process; `page()` renders both families."""
 
@@ -194,6 +210,16 @@ class Metrics:
             ":tensorflow:serving:batching_session:wrapped_run_count", []
         )
 
+        # Hot-path accessors (label values → child).
+        self.c_requests = Children(self.requests)
+        self.c_request_duration = Children(self.request_duration)
+        self.c_run_duration = Children(self.run_duration)
+        self.c_inflight = Children(self.inflight)
+        self.c_unknown_model = Children(self.unknown_model)
+        self.c_batch_size = Children(self.batch_size)
+        self.c_queue_wait = Children(self.queue_wait)
+        self.c_queue_depth = Children(self.queue_depth)
+
         self._state_source: Callable[[], Iterable[tuple[str, str, int]]] | None = None
         reg.register(_VersionStates(self))
 
@@ -260,7 +286,7 @@ def get() -> Metrics:
 def observe_batch(model: str, signature: str, size: int, padded_size: int | None = None) -> None:
     """One batch was run: `size` real rows, padded to `padded_size` (if padded)."""
     m = get()
-    m.batch_size.labels(model, signature).observe(size)
+    m.c_batch_size(model, signature).observe(size)
     if padded_size is not None and padded_size > size:
         m.batch_padding.labels(model, signature).inc(padded_size - size)
     m.tfs_wrapped_runs.inc(())
@@ -274,10 +300,10 @@ def observe_queue_wait(
 ) -> None:
     """A request left the queue after `seconds` (call once per request)."""
     m = get()
-    m.queue_wait.labels(model, signature).observe(seconds)
+    m.c_queue_wait(model, signature).observe(seconds)
     m.tfs_queuing_latency.observe((thread_pool_name,), seconds * 1e6)
 
 
 def set_queue_depth(model: str, signature: str, depth: int) -> None:
     """Requests now waiting in the (model, signature) queue."""
-    get().queue_depth.labels(model, signature).set(depth)
+    get().c_queue_depth(model, signature).set(depth)

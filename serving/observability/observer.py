@@ -84,12 +84,12 @@ class RequestObserver:
             if name in self._configured():
                 model = name
             else:
-                self._metrics.unknown_model.labels(protocol).inc()
+                self._metrics.c_unknown_model(protocol).inc()
         call = Call(api, protocol, model, time.perf_counter())
         call.reset = _current.set(call)
         self._inflight += 1
         self._idle.clear()
-        self._metrics.inflight.labels(protocol).inc()
+        self._metrics.c_inflight(protocol).inc()
         return call
 
     def finish(self, call: Call | None, code: grpc.StatusCode) -> None:
@@ -104,17 +104,17 @@ class RequestObserver:
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
-        m.inflight.labels(call.protocol).dec()
+        m.c_inflight(call.protocol).dec()
         if not call.model and call.api != "reload_config":
             return  # unknown or missing model name: no per-model series
-        m.requests.labels(
+        m.c_requests(
             call.model, call.version, call.signature, call.api, call.protocol, code.name
         ).inc()
         tfs_api = TFS_API.get(call.api)
         if tfs_api is not None:
             m.tfs_request_count.inc((call.model, code.name))
         if code == grpc.StatusCode.OK:
-            m.request_duration.labels(call.model, call.api, call.protocol).observe(elapsed)
+            m.c_request_duration(call.model, call.api, call.protocol).observe(elapsed)
             if tfs_api is not None:
                 m.tfs_request_latency.observe(
                     (call.model, tfs_api, call.protocol.upper()), elapsed * 1e6
@@ -159,7 +159,7 @@ class ObservedRunner:
         result = await self.inner.run(servable, signature, inputs, outputs)
         elapsed = time.perf_counter() - started
         m = self._metrics
-        m.run_duration.labels(servable.name, version, sig).observe(elapsed)
+        m.c_run_duration(servable.name, version, sig).observe(elapsed)
         api = call.api if call is not None else ""
         tfs_api = TFS_API.get(api) or ("MultiInference" if api == "multi_inference" else "")
         if tfs_api:
