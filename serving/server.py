@@ -22,6 +22,7 @@ from serving.observability import MonitoringError, Observability
 from serving.servables.base import Servable
 from serving.servables.loader import load_servable
 from serving.servables.session_bundle import SessionOptions
+from serving.servables.warmup import warmup
 from serving.sources.poller import FileSystemSource
 
 log = logging.getLogger("serving")
@@ -123,7 +124,14 @@ class ModelServer:
         self.grpc_addresses: list[str] = []
 
     def load(self, name: str, version: int, path: str) -> Servable:
-        return load_servable(name, version, path, self._session_options)
+        servable = load_servable(name, version, path, self._session_options)
+        if self.options.enable_model_warmup:
+            try:
+                warmup(servable, self.options.num_request_iterations_for_warmup)
+            except BaseException:
+                servable.close()
+                raise
+        return servable
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -235,3 +235,40 @@ def test_many_typed_values_decode(server: ServerProcess) -> None:
     tensor.float_val.append(4.0)  # one value fills the tensor, as Tensor::FromProto does
     y = tf.make_ndarray(server.predict_stub.Predict(request, timeout=10).outputs["y"])
     np.testing.assert_allclose(y, [[4.0], [4.0], [4.0]])
+
+
+def _write_warmup(version_dir: Path, signature: str, iterations_marker: int) -> None:
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    extra = version_dir / "assets.extra"
+    extra.mkdir()
+    with tf.io.TFRecordWriter(str(extra / "tf_serving_warmup_requests")) as writer:
+        for _ in range(iterations_marker):
+            entry = prediction_log_pb2.PredictionLog()
+            entry.predict_log.request.model_spec.signature_name = signature
+            writer.write(entry.SerializeToString())
+
+
+def test_model_warmup_runs_before_available(start_server, testdata: Path, tmp_path: Path) -> None:
+    import shutil
+
+    base = tmp_path / "counter"
+    shutil.copytree(testdata / "tf_serving/saved_model_counter", base)
+    _write_warmup(base / "00000123", "incr_counter", iterations_marker=2)
+    broken = tmp_path / "broken"
+    shutil.copytree(testdata / "tf_serving/saved_model_counter", broken)
+    _write_warmup(broken / "00000123", "no_such_signature", iterations_marker=1)
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "c" base_path: "{base}" }} '
+                      f'config {{ name: "broken" base_path: "{broken}" }} }}')
+    server = start_server(f"--model_config_file={config}", "--num_request_iterations_for_warmup=3",
+                          "--max_num_load_retries=0")
+    server.wait_available("c")
+    # 2 warmup records x 3 iterations of incr_counter ran before the first request.
+    got = output(server.predict("c", {}, signature="get_counter"), "output")
+    assert float(got) == 6.0
+    from tests.harness import END, wait_for
+
+    wait_for(lambda: server.versions("broken", END) == {123}, 30, "broken warmup to fail")
+    message = server.status("broken").model_version_status[0].status.error_message
+    assert 'Warmup request names unknown signature "no_such_signature"' in message
