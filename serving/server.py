@@ -19,6 +19,7 @@ from serving.inference.runner import DirectRunner, Runner
 from serving.inference.service import InferenceService
 from serving.manager.manager import ServableManager
 from serving.manager.state import State, Transition
+from serving.protos import SSLConfig
 from serving.servables.base import Servable
 from serving.servables.loader import load_servable
 from serving.servables.session_bundle import SessionOptions
@@ -186,9 +187,13 @@ class ModelServer:
             addresses.append(f"0.0.0.0:{opts.port}")
         if opts.grpc_socket_path:
             addresses.append(f"unix:{opts.grpc_socket_path}")
+        credentials = self._server_credentials()
         for address in addresses:
             try:
-                bound = server.add_insecure_port(address)
+                if credentials is not None:
+                    bound = server.add_secure_port(address, credentials)
+                else:
+                    bound = server.add_insecure_port(address)
             except RuntimeError:
                 bound = 0
             if not bound and not address.startswith("unix:"):
@@ -198,6 +203,25 @@ class ModelServer:
         self.grpc_addresses = addresses
         for address in addresses:
             log.info("Running gRPC ModelServer at %s ...", address)
+
+    def _server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS from --ssl_config_file (TF Serving's SSLConfig: PEM contents, not paths)."""
+        path = self.options.ssl_config_file
+        if not path:
+            return None
+        config = SSLConfig()
+        try:
+            with open(path) as f:
+                text_format.Parse(f.read(), config)
+        except (OSError, text_format.ParseError) as exc:
+            raise StartupError(f"{path}: not a valid SSLConfig text proto: {exc}") from None
+        if not config.server_key or not config.server_cert:
+            raise StartupError(f"{path}: server_key and server_cert are required")
+        return grpc.ssl_server_credentials(
+            [(config.server_key.encode(), config.server_cert.encode())],
+            root_certificates=config.custom_ca.encode() or None,
+            require_client_auth=config.client_verify,
+        )
 
     async def _reload_config(self, proto) -> None:
         await asyncio.to_thread(self.core.reload, proto, 600.0)
