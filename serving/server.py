@@ -129,6 +129,10 @@ class ModelServer:
             "device placement: %s",
             self.placement.describe(m.name for m in self.initial_models.models),
         )
+        log.info(
+            "session config: %s",
+            text_format.MessageToString(self.placement.session_config(), as_one_line=True),
+        )
         self.manager = ServableManager(
             self.load,
             max_load_retries=options.max_num_load_retries,

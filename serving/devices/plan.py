@@ -22,7 +22,6 @@ from serving.devices.config import (
     DeviceConfig,
     DeviceConfigError,
     Placement,
-    device_index,
     device_kind,
 )
 from serving.devices.host import HostDevices
@@ -117,6 +116,10 @@ class PlacementPlan:
             for device in placement.devices
         ]
 
+    def session_config(self, model: str = DEFAULT_KEY) -> config_pb2.ConfigProto:
+        """The ConfigProto `model`'s sessions get (first replica), for logs and checks."""
+        return self.session_options(model)[0].config_proto()
+
     def describe(self, models: Iterable[str] = ()) -> str:
         names = dict.fromkeys([*models, *self.config.models])
         parts = [f"{m} → {','.join(self.placement(m).devices)}" for m in names]
@@ -178,6 +181,3 @@ def _gpu_layout(
             virtual[(key, name)] = f"/device:GPU:{next_id}"
             next_id += 1
     return tuple(layout), virtual
-
-
-__all__ = ["DEFAULT_KEY", "PlacementPlan", "device_index"]
