@@ -72,9 +72,9 @@ def test_each_model_serves_on_its_device(server: ServerProcess) -> None:
     for name, values in expected.items():
         result = output(server.predict(name, X), "y")
         np.testing.assert_allclose(result.ravel(), values)
-    logs = server.logs
     # Node names only one model has: hp2's resource reads, half_plus_three's c.
     wait_for(lambda: placed(server.logs, "Mul/ReadVariableOp"), 10, "placement log")
+    logs = server.logs
     assert placed(logs, "Mul/ReadVariableOp") == {"/CPU:0"}
     assert placed(logs, "c/read") == {"/CPU:1"}  # three and gpu, both on /CPU:1
     assert placed(logs, "Mul") == {"/CPU:0", "/CPU:1"}
