@@ -23,6 +23,7 @@ from serving.manager.state import State, Transition
 from serving.servables.base import Servable
 from serving.servables.loader import load_placed
 from serving.servables.session_bundle import SessionOptions
+from serving.servables.warmup import warmup
 from serving.sources.poller import FileSystemSource
 
 log = logging.getLogger("serving")
@@ -158,7 +159,16 @@ class ModelServer:
         self.grpc_addresses: list[str] = []
 
     def load(self, name: str, version: int, path: str) -> Servable:
-        return load_placed(name, version, path, self.placement.session_options(name))
+        servable = load_placed(name, version, path, self.placement.session_options(name))
+        if self.options.enable_model_warmup:
+            try:
+                # Each replica (device) of a replicated version warms itself.
+                for replica in getattr(servable, "replicas", (servable,)):
+                    warmup(replica, self.options.num_request_iterations_for_warmup)
+            except BaseException:
+                servable.close()
+                raise
+        return servable
 
     # ---------------------------------------------------------------- lifecycle
 
