@@ -14,6 +14,7 @@ from tensorflow.core.protobuf import config_pb2
 from serving.api.grpc.services import ModelServicer, PredictionServicer, add_services
 from serving.config.model_config import ConfigError, ServerModels, load_file, single_model
 from serving.core import ServerCore
+from serving.devices import DeviceConfigError, HostDevices, PlacementPlan, load_device_config
 from serving.flags import ServerOptions
 from serving.inference.runner import DirectRunner, Runner
 from serving.inference.service import InferenceService
@@ -21,7 +22,7 @@ from serving.manager.manager import ServableManager
 from serving.manager.state import State, Transition
 from serving.protos import SSLConfig
 from serving.servables.base import Servable
-from serving.servables.loader import load_servable
+from serving.servables.loader import load_placed
 from serving.servables.session_bundle import SessionOptions
 from serving.servables.warmup import warmup
 from serving.sources.poller import FileSystemSource
@@ -84,6 +85,17 @@ def session_options(options: ServerOptions) -> SessionOptions:
     )
 
 
+def placement_plan(options: ServerOptions, base: SessionOptions) -> PlacementPlan:
+    """Read --device_config_file and check it against this host's devices."""
+    try:
+        path = options.device_config_file
+        config = load_device_config(path) if path else None
+        host = HostDevices.detect(config.cpu_devices if config else 1)
+        return PlacementPlan.build(config, host, base)
+    except DeviceConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def log_transition(event: Transition) -> None:
     where = f" on {event.device}" if event.device else ""
     if event.state == State.AVAILABLE:
@@ -113,6 +125,16 @@ class ModelServer:
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         self._session_options = session_options(options)
+        self.placement = placement_plan(options, self._session_options)
+        self.placement.eager_setup()
+        log.info(
+            "device placement: %s",
+            self.placement.describe(m.name for m in self.initial_models.models),
+        )
+        log.info(
+            "session config: %s",
+            text_format.MessageToString(self.placement.session_config(), as_one_line=True),
+        )
         self.manager = ServableManager(
             self.load,
             max_load_retries=options.max_num_load_retries,
@@ -138,10 +160,12 @@ class ModelServer:
         self.grpc_addresses: list[str] = []
 
     def load(self, name: str, version: int, path: str) -> Servable:
-        servable = load_servable(name, version, path, self._session_options)
+        servable = load_placed(name, version, path, self.placement.session_options(name))
         if self.options.enable_model_warmup:
             try:
-                warmup(servable, self.options.num_request_iterations_for_warmup)
+                # Each replica (device) of a replicated version warms itself.
+                for replica in getattr(servable, "replicas", (servable,)):
+                    warmup(replica, self.options.num_request_iterations_for_warmup)
             except BaseException:
                 servable.close()
                 raise
