@@ -162,7 +162,9 @@ class Observability:
         """After the APIs are up: HTTP routes, start-up line, readiness tracking."""
         opts = self.options
         http = getattr(server, "http", None)
-        if opts.rest_api_port and http is None:
+        if http is not None:
+            self.mount(http)
+        elif opts.rest_api_port:
             self._mini_http = MiniHttpServer(self.endpoints)
             await self._mini_http.start(opts.rest_api_port)
         batching = "off"
@@ -181,9 +183,26 @@ class Observability:
         )
         self.health.mark_started()
 
-    async def drain(self, grpc_server: grpc.aio.Server | None, grace: float) -> bool:
+    def mount(self, http: Any) -> None:
+        """Add the probes and the metrics page to the REST server (`add_route`)."""
+        from serving.api.rest.http import Response
+
+        for path, endpoint in self.endpoints.routes().items():
+
+            async def handler(request, endpoint=endpoint):
+                answer = endpoint()
+                return Response(answer.status, answer.body, answer.content_type)
+
+            http.add_route("GET", path, handler)
+
+    async def drain(
+        self, grpc_server: grpc.aio.Server | None, grace: float, http: Any = None
+    ) -> bool:
         """SIGTERM: NOT_SERVING, stop accepting, let in-flight requests finish.
 
+        gRPC stops accepting at once (new RPCs: UNAVAILABLE). The REST port
+        stays open until the end so probes can read the 503, but new API
+        requests are refused with 503 UNAVAILABLE (see RequestObserver.start).
         Returns True if every in-flight request finished within `grace` seconds.
         """
         inflight = self.observer.inflight
@@ -193,6 +212,7 @@ class Observability:
             grace,
             extra={"fields": {"event": "drain", "inflight": inflight, "timeout": grace}},
         )
+        self.observer.draining = True
         await self.health.drain()
         stopping = None
         if grpc_server is not None:
@@ -208,6 +228,8 @@ class Observability:
             if not stopping.done():
                 await grpc_server.stop(0)
             await stopping
+        if http is not None:
+            await http.stop(_FLUSH_SECONDS)
         left = self.observer.inflight
         log.log(
             logging.INFO if finished else logging.WARNING,

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from serving.errors import ServingError
 from serving.observability.metrics import TFS_API, Metrics
 from serving.servables.base import Servable
 from serving.servables.signature import Signature
@@ -72,12 +73,21 @@ class RequestObserver:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Set by the drain: new requests are refused (UNAVAILABLE / HTTP 503).
+        self.draining = False
 
     @property
     def inflight(self) -> int:
         return self._inflight
 
     def start(self, api: str, protocol: str, request: object = None) -> Call:
+        """Begin accounting for one request.
+
+        Raises ServingError(UNAVAILABLE) while the server drains; the adapter
+        reports it like any other error (nothing to `finish`).
+        """
+        if self.draining:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
         name = request if isinstance(request, str) or request is None else _request_model(request)
         model = ""
         if name:

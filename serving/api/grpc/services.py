@@ -55,9 +55,11 @@ def rpc(api: str) -> Callable[[Handler], Handler]:
         @functools.wraps(handler)
         async def call(self, request, context: grpc.aio.ServicerContext):
             observer = self.observer
-            token = observer.start(api, "grpc", request) if observer else None
+            token = None
             code = grpc.StatusCode.OK
             try:
+                if observer:
+                    token = observer.start(api, "grpc", request)
                 return await handler(self, request, context)
             except ServingError as exc:
                 code = exc.code
@@ -72,7 +74,7 @@ def rpc(api: str) -> Callable[[Handler], Handler]:
                 log.exception("%s failed", api)
                 await context.abort(code, status_message(f"{type(exc).__name__}: {exc}"))
             finally:
-                if observer:
+                if token is not None:
                     observer.finish(token, code)
 
         return call
