@@ -52,9 +52,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"TensorFlow ModelServer: {__version__}\nTensorFlow Library: {tf.__version__}")
         return 0
-    # Compile protos/ (if stale) before TensorFlow loads: protoc crashes in a
-    # process that already holds TensorFlow's protobuf symbols.
-    import serving.protos  # noqa: F401
     from serving.observability.logs import setup_logging
 
     setup_logging(options.log_format, options.log_level)
