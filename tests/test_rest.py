@@ -229,7 +229,9 @@ def test_predict_b64_single_output_layout(http, server) -> None:
     response = post(http, server, "/v1/models/multi:predict", body)
     # A PrettyWriter object is multi-line even inside a single-line array; its
     # indent counts every open container (root, predictions, the object).
-    assert response.text == ('{\n    "predictions": [{\n            "b64": "AAE="\n        }\n    ]\n}')
+    assert response.text == (
+        '{\n    "predictions": [{\n            "b64": "AAE="\n        }\n    ]\n}'
+    )
 
 
 def test_predict_small_ints_narrow_like_tf_serving(http, server) -> None:

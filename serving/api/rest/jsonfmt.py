@@ -57,18 +57,26 @@ def _fill(specs: np.ndarray, numbers: list) -> np.ndarray:
     return out.reshape(specs.shape)
 
 
-def tensor_texts(name: str, array: np.ndarray, depth_for_b64: int = 0) -> np.ndarray:
-    """JSON text of every element of an output tensor (object array, same shape)."""
-    array = np.asarray(array)
+def _numeric_specs(array: np.ndarray) -> tuple[np.ndarray, list] | None:
+    """Format pieces + the numbers they consume, for numeric and bool tensors."""
     kind = array.dtype.kind
     if kind == "f" or array.dtype.name == "bfloat16":
         specs, numbers = float_specs(array, array.dtype == np.float64)
-        return _fill(specs, numbers.tolist())
+        return specs, numbers.tolist()
     if kind in "iu":
-        return _fill(np.full(array.shape, "%d", dtype=object), array.reshape(-1).tolist())
+        return np.full(array.shape, "%d", dtype=object), array.reshape(-1).tolist()
     if kind == "b":
-        return np.where(array, "true", "false").astype(object)
-    if kind in "OSU":
+        return np.where(array, "true", "false").astype(object), []
+    return None
+
+
+def tensor_texts(name: str, array: np.ndarray, depth_for_b64: int = 0) -> np.ndarray:
+    """JSON text of every element of an output tensor (object array, same shape)."""
+    array = np.asarray(array)
+    numeric = _numeric_specs(array)
+    if numeric is not None:
+        return _fill(*numeric)
+    if array.dtype.kind in "OSU":
         flat = array.reshape(-1).tolist()
         if name.endswith("_bytes"):
             pieces = [_b64_object(v, depth_for_b64) for v in flat]
@@ -78,6 +86,16 @@ def tensor_texts(name: str, array: np.ndarray, depth_for_b64: int = 0) -> np.nda
         out[:] = pieces
         return out.reshape(array.shape)
     raise invalid_argument(f"Failed to write JSON value for tensor type: {_type_name(array)}")
+
+
+def _single(array: np.ndarray, head: str, render, tail: str) -> bytes | None:
+    """One numeric tensor: lay out the format pieces, then one `%` fills every number."""
+    numeric = _numeric_specs(array)
+    if numeric is None:
+        return None
+    specs, numbers = numeric
+    fmt = head + render(specs.tolist()) + tail
+    return _encode(fmt % tuple(numbers) if numbers else fmt)
 
 
 def _type_name(array: np.ndarray) -> str:
@@ -147,6 +165,12 @@ def predict_row(outputs: Mapping[str, np.ndarray]) -> bytes:
     tail = "\n" + INDENT + "]\n}"
     if len(outputs) == 1:
         ((name, array),) = outputs.items()
+        array = np.asarray(array)
+        fast = _single(
+            array, head, lambda rows: ", ".join([layout(row, 2, True) for row in rows]), tail
+        )
+        if fast is not None:
+            return fast
         rows = tensor_texts(name, array, np.ndim(array) + 1).tolist()
         if np.ndim(array) == 1:
             return _encode(head + ", ".join(rows) + tail)
@@ -170,6 +194,11 @@ def predict_columnar(outputs: Mapping[str, np.ndarray]) -> bytes:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
     if len(outputs) == 1:
         ((name, array),) = outputs.items()
+        array = np.asarray(array)
+        head = "{\n" + INDENT + '"outputs": '
+        fast = _single(array, head, lambda specs: layout(specs, 1, False), "\n}")
+        if fast is not None:
+            return fast
         texts = tensor_texts(name, array, np.ndim(array) + 1)
         return _encode("{\n" + INDENT + '"outputs": ' + layout(texts.tolist(), 1, False) + "\n}")
     fields = []
