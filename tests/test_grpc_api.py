@@ -259,10 +259,15 @@ def test_model_warmup_runs_before_available(start_server, testdata: Path, tmp_pa
     shutil.copytree(testdata / "tf_serving/saved_model_counter", broken)
     _write_warmup(broken / "00000123", "no_such_signature", iterations_marker=1)
     config = tmp_path / "models.config"
-    config.write_text(f'model_config_list {{ config {{ name: "c" base_path: "{base}" }} '
-                      f'config {{ name: "broken" base_path: "{broken}" }} }}')
-    server = start_server(f"--model_config_file={config}", "--num_request_iterations_for_warmup=3",
-                          "--max_num_load_retries=0")
+    config.write_text(
+        f'model_config_list {{ config {{ name: "c" base_path: "{base}" }} '
+        f'config {{ name: "broken" base_path: "{broken}" }} }}'
+    )
+    server = start_server(
+        f"--model_config_file={config}",
+        "--num_request_iterations_for_warmup=3",
+        "--max_num_load_retries=0",
+    )
     server.wait_available("c")
     # 2 warmup records x 3 iterations of incr_counter ran before the first request.
     got = output(server.predict("c", {}, signature="get_counter"), "output")
@@ -272,3 +277,50 @@ def test_model_warmup_runs_before_available(start_server, testdata: Path, tmp_pa
     wait_for(lambda: server.versions("broken", END) == {123}, 30, "broken warmup to fail")
     message = server.status("broken").model_version_status[0].status.error_message
     assert 'Warmup request names unknown signature "no_such_signature"' in message
+
+
+def test_tls_from_ssl_config_file(start_server, model_store: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    key, cert = (tmp_path / "key.pem").read_text(), (tmp_path / "cert.pem").read_text()
+    ssl_config = tmp_path / "ssl.config"
+    ssl_config.write_text(f"server_key: {key!r}\nserver_cert: {cert!r}\n".replace("'", '"'))
+    base = install(model_store, "hp2_a", tmp_path / "m" / "1").parent
+    server = start_server(
+        "--model_name=m", f"--model_base_path={base}", f"--ssl_config_file={ssl_config}", wait=False
+    )
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.encode())
+    with grpc.secure_channel(f"localhost:{server.grpc_port}", credentials) as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "m"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[2.0]], np.float32)))
+        from tests.harness import wait_for
+
+        wait_for(lambda: stub.Predict(request, timeout=5) is not None, 60, "TLS predict")
+        assert tf.make_ndarray(stub.Predict(request, timeout=5).outputs["y"])[0, 0] == 3.0
+    with pytest.raises(grpc.RpcError):  # plaintext is refused
+        server.predict("m", {"x": np.array([[2.0]], np.float32)}, timeout=3)

@@ -48,7 +48,11 @@ def warmup(servable: Servable, iterations: int) -> int:
         raise LoadError(f"Failed to read warmup requests {path}: {exc.message}", 3) from exc
     log.info(
         "%s version %d: ran %d warmup request(s) x%d in %.3fs",
-        servable.name, servable.version, count, iterations, time.monotonic() - started,
+        servable.name,
+        servable.version,
+        count,
+        iterations,
+        time.monotonic() - started,
     )
     return count
 
@@ -72,7 +76,9 @@ def _replay(servable: Servable, entry: prediction_log_pb2.PredictionLog) -> None
         request = getattr(entry, kind).request
         signature = _signature(servable, request.model_spec.signature_name)
         alias = next(iter(signature.inputs))
-        servable.run(signature, {alias: serialized_examples(request.input)}, list(signature.outputs))
+        servable.run(
+            signature, {alias: serialized_examples(request.input)}, list(signature.outputs)
+        )
     elif kind == "multi_inference_log":
         request = entry.multi_inference_log.request
         examples = serialized_examples(request.input)
