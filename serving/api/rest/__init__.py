@@ -31,12 +31,13 @@ async def start_rest(options: Any, service: Any, observer: Any = None) -> HttpSe
     """Start REST on `options.rest_api_port`; None when the port is 0."""
     if not options.rest_api_port:
         return None
+    timeout_s = options.rest_api_timeout_in_ms / 1000.0 or None
     http = HttpServer(
         max_body_bytes=options.max_message_bytes,
-        timeout_s=options.rest_api_timeout_in_ms / 1000.0,
+        timeout_s=timeout_s,
         cors=options.rest_api_enable_cors_support,
     )
-    RestApi(service, observer).mount(http)
+    RestApi(service, observer, timeout_s).mount(http)
     try:
         await http.start(options.rest_api_port)
     except OSError as exc:

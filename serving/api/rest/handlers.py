@@ -8,8 +8,10 @@ Errors are `ServingError`s from the shared inference layer, mapped to HTTP by
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -45,9 +47,12 @@ def _openapi() -> bytes:
 class RestApi:
     """The `/v1/...` handler. `observer` (optional) gets start/finish per request."""
 
-    def __init__(self, service: InferenceService, observer: Any = None) -> None:
+    def __init__(
+        self, service: InferenceService, observer: Any = None, timeout_s: float | None = None
+    ) -> None:
         self.service = service
         self.observer = observer
+        self.timeout_s = timeout_s
         self._openapi: bytes | None = None
 
     def mount(self, http: HttpServer) -> None:
@@ -64,6 +69,7 @@ class RestApi:
         api, ref = "", None
         token = None
         code = grpc.StatusCode.OK
+        started = time.monotonic()
         try:
             route = self._route(method, path)
             if route is None:
@@ -76,6 +82,11 @@ class RestApi:
         except ServingError as exc:
             code = exc.code
             return error_response(exc.http_status, exc.message)
+        except asyncio.CancelledError:
+            # Cancelled by the HTTP server's time limit, or the client went away.
+            late = self.timeout_s is not None and time.monotonic() - started >= self.timeout_s
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
             code = grpc.StatusCode.INTERNAL
             log.exception("REST %s %s failed", method, path)
