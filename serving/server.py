@@ -145,6 +145,8 @@ class ModelServer:
         self.observer = self.obs.observer
         self._grpc: grpc.aio.Server | None = None
         self.grpc_addresses: list[str] = []
+        # The REST server (serving.api.rest.http.HttpServer); others add routes to it.
+        self.http = None
 
     def load(self, name: str, version: int, path: str) -> Servable:
         servable = load_placed(name, version, path, self.placement.session_options(name))
@@ -168,6 +170,7 @@ class ModelServer:
             self.core.watch_file(opts.model_config_file, opts.model_config_file_poll_wait_seconds)
         self.source.start()
         await self._start_grpc()
+        await self._start_rest()
         await self.obs.started(self)
 
     async def _start_grpc(self) -> None:
@@ -212,6 +215,12 @@ class ModelServer:
         for address in addresses:
             log.info("Running gRPC ModelServer at %s ...", address)
 
+    async def _start_rest(self) -> None:
+        """TF Serving's REST API on --rest_api_port, on this same event loop."""
+        from serving.api.rest import start_rest
+
+        self.http = await start_rest(self.options, self.service, self.observer)
+
     def _server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS from --ssl_config_file (TF Serving's SSLConfig: PEM contents, not paths)."""
         path = self.options.ssl_config_file
@@ -241,7 +250,7 @@ class ModelServer:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, unload everything."""
         grace = self.options.drain_timeout_seconds
-        await self.obs.drain(self._grpc, grace)
+        await self.obs.drain(self._grpc, grace, http=self.http)
         await self.obs.stop()
         self.core.stop()
         self.source.stop()

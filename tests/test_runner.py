@@ -46,3 +46,28 @@ def test_fast_calls_go_inline_and_slow_ones_back_to_the_pool() -> None:
     assert threads[1:4] == [main, main, main]  # measured fast: inline
     assert threads[4].startswith("pool") and threads[5].startswith("pool")
     assert threads[6].startswith("pool")
+
+
+def test_tuned_callable_keeps_the_faster_mode() -> None:
+    from tensorflow.core.protobuf import config_pb2
+
+    from serving.servables.callables import TRIALS_PER_MODE, TunedCallable
+
+    calls: list[str] = []
+
+    def make(options: config_pb2.CallableOptions):
+        mode = "caller" if options.run_options.inter_op_thread_pool == -1 else "pool"
+
+        def fn(x):
+            calls.append(mode)
+            time.sleep(0.002 if mode == "pool" else 0.0)
+            return [x + 1]
+
+        return fn
+
+    tuned = TunedCallable(make, config_pb2.CallableOptions())
+    for i in range(2 * TRIALS_PER_MODE + 5):
+        assert tuned(i) == [i + 1]
+    assert tuned.mode == "caller"
+    assert calls[: 2 * TRIALS_PER_MODE].count("pool") == TRIALS_PER_MODE
+    assert calls[2 * TRIALS_PER_MODE :] == ["caller"] * 5

@@ -13,8 +13,7 @@ from serving.servables.signature import Signature, TensorSpec, short_dtype_name
 
 def select_signature(servable: Servable, signature_name: str) -> Signature:
     """Predict's lookup: an unknown key is FAILED_PRECONDITION, as in TF Serving."""
-    key = signature_name or servable.default_signature
-    signature = servable.signatures.get(key)
+    key, signature = _lookup(servable, signature_name)
     if signature is None:
         raise failed_precondition(f'Serving signature key "{key}" not found.')
     return signature
@@ -22,11 +21,15 @@ def select_signature(servable: Servable, signature_name: str) -> Signature:
 
 def select_example_signature(servable: Servable, signature_name: str) -> Signature:
     """Classify/Regress lookup: TF Serving answers INVALID_ARGUMENT here."""
-    key = signature_name or servable.default_signature
-    signature = servable.signatures.get(key)
+    key, signature = _lookup(servable, signature_name)
     if signature is None:
         raise invalid_argument(f"No signature was found with the name: {key}")
     return signature
+
+
+def _lookup(servable: Servable, signature_name: str) -> tuple[str, Signature | None]:
+    key = signature_name or servable.default_signature
+    return key, servable.signatures.get(key)
 
 
 def _set(names: Collection[str]) -> str:
@@ -64,22 +67,12 @@ def _check_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
             f"Expected input {spec.alias} to be {short_dtype_name(spec.dtype)} "
             f"but get {_numpy_type_name(array)}."
         )
-    if spec.shape is not None and not _shape_ok(spec.shape, array.shape):
-        raise invalid_argument(
-            f"input '{spec.alias}' has shape {list(array.shape)}, which is not compatible "
-            f"with the signature's shape {list(spec.shape)}"
-        )
+    # No shape check here: TF Serving's Session::Run checks no fed shape (its
+    # own clients send [1] to a [-1, 1] input, its REST tests send [n, 2]
+    # there, its TF2 test model declares [1] yet serves [n, 1]). When the
+    # graph itself cannot use a shape, the error names every input
+    # (describe_inputs).
     return array
-
-
-def _shape_ok(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
-    # As lenient as TF Serving's Session::Run, which checks no fed shape: its
-    # own clients send [1] to a [-1, 1] input, and its TF2 test model declares
-    # [1] yet serves [n, 1]. Only a same-rank conflict with a dimension the
-    # signature spells out is refused here; anything else is left to the graph.
-    if len(got) != len(expected):
-        return True
-    return all(e < 0 or e == g for e, g in zip(expected, got, strict=True))
 
 
 def _numpy_type_name(array: np.ndarray) -> str:

@@ -6,7 +6,8 @@ Why one Session-based loader for everything (see docs in README):
 - running through `Session._make_callable_from_options` skips Python's
   fed-shape check, so shape [1] is accepted for a [None, 1] input exactly as
   TF Serving's C++ Session::Run accepts it, and costs ~40 µs per call against
-  ~270 µs for `Session.run` and ~400 µs for a TF2 signature function;
+  ~270 µs for `Session.run` and ~400 µs for a TF2 signature function (and
+  callables.py picks per signature whether ops run in the calling thread);
 - TF1 Hub modules need their `table_initializer` collection run with asset
   paths fed, which the TF1 loader skips: we run it ourselves.
 """
@@ -33,6 +34,7 @@ from serving.servables.base import (
     LoadError,
     Servable,
 )
+from serving.servables.callables import TunedCallable
 from serving.servables.signature import Signature
 
 log = logging.getLogger(__name__)
@@ -223,7 +225,7 @@ class SessionServable(Servable):
                     opts.feed.extend(signature.inputs[a].tensor_name for a in feed)
                     opts.fetch.extend(signature.outputs[a].tensor_name for a in fetch)
                     try:
-                        fn = self._session._make_callable_from_options(opts)
+                        fn = TunedCallable(self._session._make_callable_from_options, opts)
                     except tf.errors.OpError as exc:
                         raise status_from_tf_error(exc) from None
                     self._callables[key] = fn
