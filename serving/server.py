@@ -251,7 +251,6 @@ class ModelServer:
         """Stop accepting, let in-flight requests finish, unload everything."""
         grace = self.options.drain_timeout_seconds
         await self.obs.drain(self._grpc, grace, http=self.http)
-        await self.obs.stop()
         self.core.stop()
         self.source.stop()
         await asyncio.to_thread(self.manager.shutdown, grace)

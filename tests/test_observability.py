@@ -81,6 +81,20 @@ def http_get(server: ServerProcess, path: str) -> tuple[int, str, str]:
         return e.code, e.headers.get("Content-Type", ""), e.read().decode()
 
 
+def http_post(server: ServerProcess, path: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        server.rest_url + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
 def scrape(server: ServerProcess) -> dict[tuple[str, frozenset], float]:
     """Every sample on the page (the whole page must parse)."""
     status, _ctype, text = http_get(server, METRICS_PATH)
@@ -252,6 +266,48 @@ def test_grpc_requests_move_counts_and_histograms_exactly(server):
     assert after[("model_server_inflight_requests", frozenset({("protocol", "grpc")}))] == 0
 
 
+def test_rest_requests_move_counts_and_histograms_exactly(server):
+    before = scrape(server)
+    for _ in range(2):
+        status, body = http_post(server, "/v1/models/hp2:predict", {"instances": [[1.0], [2.0]]})
+        assert status == 200 and body == {"predictions": [[2.5], [3.0]]}
+    status, _ = http_post(server, "/v1/models/hp2:predict", {"inputs": {"wrong": [[1.0]]}})
+    assert status == 400
+    status, _ = http_post(server, "/v1/models/hp2/versions/999:predict", {"instances": [[1.0]]})
+    assert status == 404
+    classify = {"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}, {"x": 2.0}]}
+    assert http_post(server, "/v1/models/hp2:classify", classify)[0] == 200
+    assert http_get(server, "/v1/models/hp2")[0] == 200
+    after = scrape(server)
+
+    def requests(**labels):
+        base = {"model": "hp2", "protocol": "rest", "version": "1"}
+        return delta(before, after, "model_server_requests_total", **{**base, **labels})
+
+    assert requests(api="predict", signature="serving_default", code="OK") == 2
+    assert requests(api="predict", version="", signature="", code="INVALID_ARGUMENT") == 1
+    assert requests(api="predict", version="", signature="", code="NOT_FOUND") == 1
+    assert requests(api="classify", signature="classify_x_to_y", code="OK") == 1
+    assert requests(api="get_model_status", version="", signature="", code="OK") == 1
+    duration = "model_server_request_duration_seconds_count"
+    assert delta(before, after, duration, model="hp2", api="predict", protocol="rest") == 2
+    assert delta(before, after, duration, model="hp2", api="classify", protocol="rest") == 1
+    grpc_duration = delta(before, after, duration, model="hp2", api="predict", protocol="grpc")
+    assert grpc_duration == 0
+
+    tfs = ":tensorflow:serving:"
+    count = f"{tfs}request_count_total"
+    assert delta(before, after, count, model_name="hp2", status="OK") == 3
+    assert delta(before, after, count, model_name="hp2", status="INVALID_ARGUMENT") == 1
+    assert delta(before, after, count, model_name="hp2", status="NOT_FOUND") == 1
+    latency = f"{tfs}request_latency_count"
+    rest = {"model_name": "hp2", "entrypoint": "REST"}
+    assert delta(before, after, latency, API="Predict", **rest) == 2
+    assert delta(before, after, latency, API="Classify", **rest) == 1
+    assert delta(before, after, latency, API="Predict", model_name="hp2", entrypoint="GRPC") == 0
+    assert after[("model_server_inflight_requests", frozenset({("protocol", "rest")}))] == 0
+
+
 def test_unknown_model_names_add_no_series(server):
     before = scrape(server)
     for name in ("no-such-model", "x" * 200):
@@ -260,11 +316,15 @@ def test_unknown_model_names_add_no_series(server):
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError):
         server.status("another-unknown")
+    assert http_post(server, "/v1/models/rest-unknown:predict", {"instances": [[1.0]]})[0] == 404
+    assert http_get(server, "/v1/models/rest-unknown-2")[0] == 404
     after = scrape(server)
     assert set(after) == set(before)
     assert delta(before, after, "model_server_unknown_model_requests_total", protocol="grpc") == 3
+    assert delta(before, after, "model_server_unknown_model_requests_total", protocol="rest") == 2
     page = http_get(server, METRICS_PATH)[2]
-    assert "no-such-model" not in page and "another-unknown" not in page
+    for name in ("no-such-model", "another-unknown", "rest-unknown"):
+        assert name not in page
 
 
 def test_page_uses_tf_serving_names_and_format(server):
@@ -371,10 +431,22 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(server):
             result["error"] = exc
         result["seconds"] = time.monotonic() - started
 
-    worker = threading.Thread(target=call)
-    worker.start()
-    inflight = ("model_server_inflight_requests", frozenset({("protocol", "grpc")}))
-    wait_for(lambda: scrape(server)[inflight] == 1, 5, "the slow request in flight")
+    def rest_call():
+        body = {"inputs": {"x": [[4.0]], "delay": [3.0]}}
+        result["rest"] = http_post(server, "/v1/models/slow:predict", body)
+
+    workers = [threading.Thread(target=call), threading.Thread(target=rest_call)]
+    for worker in workers:
+        worker.start()
+
+    def both_in_flight() -> bool:
+        page = scrape(server)
+        return all(
+            page[("model_server_inflight_requests", frozenset({("protocol", p)}))] == 1
+            for p in ("grpc", "rest")
+        )
+
+    wait_for(both_in_flight, 5, "a slow gRPC and a slow REST request in flight")
 
     server.proc.send_signal(signal.SIGTERM)
     assert next(watch).status == NOT_SERVING
@@ -383,8 +455,13 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(server):
     with pytest.raises(grpc.RpcError) as err:  # no new work while draining
         server.predict("hp2", {"x": np.array([[1.0]], np.float32)}, timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    status, body = http_post(server, "/v1/models/hp2:predict", {"instances": [[1.0]]})
+    assert status == 503, body
+    assert http_get(server, "/v1/health/live")[0] == 200
 
-    worker.join(30)
+    for worker in workers:
+        worker.join(30)
+    assert result["rest"] == (200, {"outputs": [[4.0]]})
     assert "error" not in result, result.get("error")
     assert result["seconds"] >= 2.5
     np.testing.assert_allclose(tf.make_ndarray(result["response"].outputs["y"]), [[1.0]])

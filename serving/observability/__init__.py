@@ -31,7 +31,7 @@ from serving.manager.state import State, Transition
 from serving.observability import logs
 from serving.observability import metrics as _metrics
 from serving.observability.health import Health
-from serving.observability.http import DEFAULT_METRICS_PATH, Endpoints, MiniHttpServer
+from serving.observability.http import DEFAULT_METRICS_PATH, Endpoints
 from serving.observability.observer import ObservedRunner, RequestObserver
 
 log = logging.getLogger("serving")
@@ -84,7 +84,6 @@ class Observability:
         self.observer = RequestObserver(self.metrics, self.configured_models)
         self.health = Health(self.configured_models, self._has_available)
         self.endpoints = Endpoints(self.health, self.metrics, self.metrics_path)
-        self._mini_http: MiniHttpServer | None = None
 
     # ----------------------------------------------------------------- wiring
 
@@ -164,9 +163,6 @@ class Observability:
         http = getattr(server, "http", None)
         if http is not None:
             self.mount(http)
-        elif opts.rest_api_port:
-            self._mini_http = MiniHttpServer(self.endpoints)
-            await self._mini_http.start(opts.rest_api_port)
         batching = "off"
         if getattr(opts, "enable_batching", False):
             batching = "on" + (
@@ -239,7 +235,3 @@ class Observability:
             extra={"fields": {"event": "drained", "complete": finished, "cancelled": left}},
         )
         return finished
-
-    async def stop(self) -> None:
-        if self._mini_http is not None:
-            await self._mini_http.stop()
