@@ -82,7 +82,7 @@ def log_transition(event: Transition) -> None:
     if event.state == State.AVAILABLE:
         where = f" on {event.device}" if event.device else ""
         seconds = event.seconds or 0.0
-        log.info("%s (loaded in %.3fs%s)", head, seconds, where, extra={"fields": fields})
+        log.info("%s%s (loaded in %.3fs)", head, where, seconds, extra={"fields": fields})
     elif event.state == State.END and event.error:
         fields["error"] = event.error
         log.error("%s: failed to load: %s", head, event.error, extra={"fields": fields})
