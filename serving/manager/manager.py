@@ -97,7 +97,12 @@ class ServableManager:
         if on_transition is not None:
             self._listeners.append(on_transition)
         self._models: dict[str, _Model] = {}
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        # Signalled when an unloading version's last request finishes. Kept
+        # apart from _cond so that releasing a handle (every request) does not
+        # wake the manager thread and the waiters of wait_until.
+        self._drained = threading.Condition(lock)
         self._pool = ThreadPoolExecutor(max(1, load_threads), thread_name_prefix="load")
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="manager", daemon=True)
@@ -181,8 +186,8 @@ class ServableManager:
         finally:
             with self._cond:
                 entry.inflight -= 1
-                if entry.inflight == 0:
-                    self._cond.notify_all()
+                if entry.inflight == 0 and entry.state == State.UNLOADING:
+                    self._drained.notify_all()
 
     def _take(self, request: ServableRequest) -> _Version:
         with self._cond:
@@ -373,7 +378,7 @@ class ServableManager:
         with self._cond:
             # No new handles are given out for an UNLOADING version; wait for
             # the requests that hold one to finish.
-            self._cond.wait_for(lambda: entry.inflight == 0, timeout=timeout)
+            self._drained.wait_for(lambda: entry.inflight == 0, timeout=timeout)
             servable, entry.servable = entry.servable, None
         try:
             if servable is not None:
