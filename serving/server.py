@@ -12,6 +12,7 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2
 
 from serving.api.grpc.services import ModelServicer, PredictionServicer, add_services
+from serving.batching import BatchingConfigError, BatchingRunner, runner_from_flags
 from serving.config.model_config import ConfigError, ServerModels, load_file, single_model
 from serving.core import ServerCore
 from serving.flags import ServerOptions
@@ -19,7 +20,7 @@ from serving.inference.runner import DirectRunner, Runner
 from serving.inference.service import InferenceService
 from serving.manager.manager import ServableManager
 from serving.manager.state import State, Transition
-from serving.servables.base import Servable
+from serving.servables.base import LoadError, Servable
 from serving.servables.loader import load_servable
 from serving.servables.session_bundle import SessionOptions
 from serving.sources.poller import FileSystemSource
@@ -126,6 +127,13 @@ class ModelServer:
             thread_name_prefix="run",
         )
         self.runner: Runner = DirectRunner(self.executor)
+        if options.enable_batching:
+            try:
+                self.runner = runner_from_flags(
+                    options.batching_parameters_file, options.per_model_batching, self.executor
+                )
+            except BatchingConfigError as exc:
+                raise StartupError(str(exc)) from None
         self.service = InferenceService(
             self.manager,
             self.runner,
@@ -136,7 +144,14 @@ class ModelServer:
         self.grpc_addresses: list[str] = []
 
     def load(self, name: str, version: int, path: str) -> Servable:
-        return load_servable(name, version, path, self._session_options)
+        servable = load_servable(name, version, path, self._session_options)
+        if isinstance(self.runner, BatchingRunner):
+            try:
+                self.runner.prepare(servable)  # reads batching_params.pbtxt if enabled
+            except BatchingConfigError as exc:
+                servable.close()
+                raise LoadError(str(exc), code=3) from None  # 3 = INVALID_ARGUMENT
+        return servable
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -206,4 +221,6 @@ class ModelServer:
         self.core.stop()
         self.source.stop()
         await asyncio.to_thread(self.manager.shutdown, grace)
+        if isinstance(self.runner, BatchingRunner):
+            self.runner.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
