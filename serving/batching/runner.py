@@ -81,6 +81,7 @@ class BatchingRunner:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        self._wake_pending = False
 
     def prepare(self, servable: Servable) -> None:
         """At load time: pick the servable's batching options (per-model file if enabled).
@@ -121,9 +122,26 @@ class BatchingRunner:
             queue = state.queues[key] = BatchQueue(
                 state.options, servable, signature, outputs, state.mark_unbatchable
             )
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._scheduler.submit(queue, Task(inputs, rows, future))
+        if not self._wake_pending:
+            # One wake-up per loop iteration, after every request it carries.
+            self._wake_pending = True
+            loop.call_soon(self._wake)
         return await future
 
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self._scheduler.wake()
+
     def close(self) -> None:
-        self._scheduler.close()
+        scheduler = self._scheduler
+        if scheduler.batches:
+            log.info(
+                "batching: %d requests in %d batches (%.1f per batch)",
+                scheduler.tasks,
+                scheduler.batches,
+                scheduler.tasks / scheduler.batches,
+            )
+        scheduler.close()

@@ -293,20 +293,29 @@ class Scheduler:
         # Queues with waiting requests, in round-robin order (dict as ordered set).
         self._active: dict[BatchQueue, None] = {}
         self._closed = False
+        # Counters for logs and benchmarks (approximate under contention).
+        self.batches = 0
+        self.tasks = 0
 
     def submit(self, queue: BatchQueue, task: Task) -> None:
-        """Enqueue or raise (INVALID_ARGUMENT too large, UNAVAILABLE queue full)."""
+        """Enqueue or raise (INVALID_ARGUMENT too large, UNAVAILABLE queue full).
+
+        Does not wake a thread: the caller calls `wake` once for all the
+        requests it submitted in one go (one event-loop iteration), so a burst
+        of requests costs one thread wake-up and lands in one batch.
+        """
         with self._cond:
             if self._closed:
                 raise unavailable("the server is shutting down")
-            now = time.monotonic()
-            new_deadline = queue not in self._active
-            queue.add(task, now)
+            queue.add(task, time.monotonic())
             self._active[queue] = None
+
+    def wake(self) -> None:
+        """Get a batch thread looking at the queues (it re-reads deadlines too)."""
+        with self._cond:
             if self._idle:
-                if new_deadline or queue.timeout == 0 or len(queue.batches) > 1:
-                    self._cond.notify()
-            elif len(self._threads) < self._max_threads:
+                self._cond.notify()
+            elif len(self._threads) < self._max_threads and self._active:
                 self._spawn()
 
     def _spawn(self) -> None:
@@ -346,8 +355,16 @@ class Scheduler:
                     self._idle += 1
                     cond.wait(wait)
                     self._idle -= 1
+                if self._active:
+                    # More may be runnable: pass the baton to another thread.
+                    if self._idle:
+                        cond.notify()
+                    elif len(self._threads) < self._max_threads:
+                        self._spawn()
             queue, batch = picked
             items = queue.process(batch)
+            self.batches += 1
+            self.tasks += len(batch.tasks)
             deliver(items)
 
     def close(self) -> None:
