@@ -33,12 +33,13 @@ log = logging.getLogger(__name__)
 class _ServableBatching:
     """One servable's queues and the signatures found not to batch."""
 
-    __slots__ = ("__weakref__", "options", "queues", "unbatchable")
+    __slots__ = ("__weakref__", "checked", "options", "queues", "unbatchable")
 
     def __init__(self, options: BatchOptions) -> None:
         self.options = options
         self.queues: dict[tuple, BatchQueue] = {}
         self.unbatchable: set[str] = set()
+        self.checked: set[str] = set()
 
     def mark_unbatchable(self, signature_key: str, describe: str) -> None:
         if signature_key not in self.unbatchable:
@@ -47,6 +48,14 @@ class _ServableBatching:
                 "%s: outputs do not follow the batch's dimension 0; running it unbatched",
                 describe,
             )
+
+
+def signature_batchable(signature: Signature) -> bool:
+    """Static check: no inputs, or a declared scalar input or output, cannot batch."""
+    if not signature.inputs:
+        return False
+    specs = [*signature.inputs.values(), *signature.outputs.values()]
+    return all(spec.shape != () for spec in specs)
 
 
 def layout(inputs: Mapping[str, np.ndarray], pad_variable: bool) -> tuple[int, tuple] | None:
@@ -113,6 +122,10 @@ class BatchingRunner:
     ) -> dict[str, np.ndarray]:
         state = self._state(servable)
         found = layout(inputs, state.options.pad_variable_length_inputs)
+        if signature.key not in state.checked:
+            state.checked.add(signature.key)
+            if not signature_batchable(signature):
+                state.unbatchable.add(signature.key)
         if found is None or signature.key in state.unbatchable:
             return await self._direct.run(servable, signature, inputs, outputs)
         rows, parts = found
