@@ -52,6 +52,10 @@ class ServingError(Exception):
         return f"ServingError({self.code.name}, {self.message!r})"
 
 
+class GraphError(ServingError):
+    """TensorFlow itself failed while running a signature (not our own checks)."""
+
+
 def invalid_argument(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 

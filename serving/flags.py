@@ -67,10 +67,17 @@ FLAGS: tuple[Flag, ...] = (
         "If non-empty, read an ascii BatchingParameters protobuf from the supplied file name and use the contained values instead of the defaults.",
     ),
     Flag(
+        "enable_per_model_batching_parameters",
+        bool,
+        False,
+        "Read batching_params.pbtxt from each model version's directory when batching is on "
+        "(TF Serving's spelling).",
+    ),
+    Flag(
         "enable_per_model_batching_params",
         bool,
         False,
-        "Read batching_params.pbtxt from each model version's directory when batching is on.",
+        "Same as --enable_per_model_batching_parameters (TF Serving's option field name).",
     ),
     Flag(
         "model_config_file",
@@ -276,6 +283,7 @@ class ServerOptions(BaseModel):
     enable_batching: bool = False
     allow_version_labels_for_unavailable_models: bool = False
     batching_parameters_file: str = ""
+    enable_per_model_batching_parameters: bool = False
     enable_per_model_batching_params: bool = False
     model_config_file: str = ""
     model_config_file_poll_wait_seconds: int = Field(0, ge=0)
@@ -338,6 +346,10 @@ class ServerOptions(BaseModel):
     @property
     def tags(self) -> frozenset[str]:
         return frozenset(t.strip() for t in self.saved_model_tags.split(",") if t.strip())
+
+    @property
+    def per_model_batching(self) -> bool:
+        return self.enable_per_model_batching_parameters or self.enable_per_model_batching_params
 
     @property
     def intra_op_threads(self) -> int:

@@ -12,6 +12,7 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2
 
 from serving.api.grpc.services import ModelServicer, PredictionServicer, add_services
+from serving.batching import BatchingConfigError, BatchingRunner, runner_from_flags
 from serving.config.model_config import ConfigError, ServerModels, load_file, single_model
 from serving.core import ServerCore
 from serving.devices import DeviceConfigError, HostDevices, PlacementPlan, load_device_config
@@ -21,7 +22,7 @@ from serving.inference.service import InferenceService
 from serving.manager.manager import ServableManager
 from serving.observability import MonitoringError, Observability
 from serving.protos import SSLConfig
-from serving.servables.base import Servable
+from serving.servables.base import LoadError, Servable
 from serving.servables.loader import load_placed
 from serving.servables.session_bundle import SessionOptions
 from serving.servables.warmup import warmup
@@ -135,7 +136,15 @@ class ModelServer:
             max_workers=options.grpc_max_threads or max(8, 4 * (os.cpu_count() or 1)),
             thread_name_prefix="run",
         )
-        self.runner: Runner = self.obs.wrap_runner(DirectRunner(self.executor))
+        self.batching: BatchingRunner | None = None
+        if options.enable_batching:
+            try:
+                self.batching = runner_from_flags(
+                    options.batching_parameters_file, options.per_model_batching, self.executor
+                )
+            except BatchingConfigError as exc:
+                raise StartupError(str(exc)) from None
+        self.runner: Runner = self.obs.wrap_runner(self.batching or DirectRunner(self.executor))
         self.service = InferenceService(
             self.manager,
             self.runner,
@@ -150,6 +159,12 @@ class ModelServer:
 
     def load(self, name: str, version: int, path: str) -> Servable:
         servable = load_placed(name, version, path, self.placement.session_options(name))
+        if self.batching is not None:
+            try:
+                self.batching.prepare(servable)  # reads batching_params.pbtxt if enabled
+            except BatchingConfigError as exc:
+                servable.close()
+                raise LoadError(str(exc), code=3) from None  # 3 = INVALID_ARGUMENT
         if self.options.enable_model_warmup:
             try:
                 # Each replica (device) of a replicated version warms itself.
@@ -254,4 +269,6 @@ class ModelServer:
         self.core.stop()
         self.source.stop()
         await asyncio.to_thread(self.manager.shutdown, grace)
+        if self.batching is not None:
+            self.batching.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.errors import ServingError, invalid_argument, unimplemented
+from serving.errors import GraphError, invalid_argument, unimplemented
 from serving.inference import examples as ex
 from serving.inference.model_ref import ModelRef
 from serving.inference.runner import Runner
@@ -85,7 +85,7 @@ class InferenceService:
             wanted = check_output_filter(signature, output_filter)
             try:
                 outputs = await self.runner.run(servable, signature, checked, wanted)
-            except ServingError as exc:
+            except GraphError as exc:
                 if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
                     raise
                 # The graph rejected the inputs (a shape it cannot use): say which.

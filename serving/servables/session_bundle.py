@@ -27,7 +27,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.saved_model import loader_impl
 
-from serving.errors import ServingError
+from serving.errors import GraphError, ServingError
 from serving.servables.base import (
     DEFAULT_SERVING_SIGNATURE,
     HUB_DEFAULT_SIGNATURE,
@@ -102,7 +102,7 @@ def _short_device(name: str) -> str:
 
 def status_from_tf_error(exc: tf.errors.OpError) -> ServingError:
     code = _TF_CODES.get(exc.error_code, grpc.StatusCode.INTERNAL)
-    return ServingError(code, exc.message)
+    return GraphError(code, exc.message)
 
 
 class SessionServable(Servable):

@@ -1,0 +1,405 @@
+"""Batch queues and the shared batch threads that drain them.
+
+Modelled on TF Serving's SharedBatchScheduler:
+- each queue holds a deque of batches; the last one is open and takes new
+  requests, the others are closed and wait for a thread;
+- an open batch becomes runnable when it is full or its oldest request has
+  waited `batch_timeout_micros` (at once with the default timeout of 0);
+- `num_batch_threads` threads are shared by every queue of every model and
+  take runnable batches round-robin across queues;
+- a request that does not fit opens a new batch; when `max_enqueued_batches`
+  are already waiting the request is refused with UNAVAILABLE at once, so
+  memory stays bounded under overload.
+
+Cost on the event loop per request: one lock, a deque append and, only when a
+thread is idle, one notify. Each batch thread merges, runs and splits a whole
+batch, then resolves all of the batch's asyncio futures with one
+`call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from serving.batching.merge import (
+    OutputMismatch,
+    concat_pieces,
+    merge_inputs,
+    split_outputs,
+)
+from serving.batching.params import BatchOptions
+from serving.errors import ServingError, invalid_argument
+from serving.observability import metrics
+from serving.servables.base import Servable
+from serving.servables.signature import Signature
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+# (future, outputs or None, error or None), resolved on the future's loop.
+Resolution = tuple[asyncio.Future, Outputs | None, ServingError | None]
+
+
+def unavailable(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+class SplitRequest:
+    """A request that large-batch splitting spread over several batches."""
+
+    __slots__ = ("error", "future", "lock", "pieces", "remaining")
+
+    def __init__(self, future: asyncio.Future, n: int) -> None:
+        self.future = future
+        self.pieces: list[Outputs | None] = [None] * n
+        self.remaining = n
+        self.error: ServingError | None = None
+        self.lock = threading.Lock()
+
+    def piece_done(self, index: int, value: Outputs | None, error: ServingError | None):
+        """Record one piece; the last one returns the whole request's resolution."""
+        with self.lock:
+            self.pieces[index] = value
+            if error is not None and self.error is None:
+                self.error = error
+            self.remaining -= 1
+            if self.remaining:
+                return None
+        if self.error is not None:
+            return self.future, None, self.error
+        return self.future, concat_pieces(self.pieces), None  # type: ignore[arg-type]
+
+
+class Task:
+    """One request (or one piece of a split request) waiting in a queue."""
+
+    __slots__ = ("enqueued", "future", "index", "inputs", "size", "split")
+
+    def __init__(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        size: int,
+        future: asyncio.Future | None,
+        split: SplitRequest | None = None,
+        index: int = 0,
+    ) -> None:
+        self.inputs = inputs
+        self.size = size
+        self.future = future
+        self.split = split
+        self.index = index
+        self.enqueued = 0.0
+
+
+class Batch:
+    __slots__ = ("opened", "size", "tasks")
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+        self.size = 0
+        self.opened = 0.0
+
+    def add(self, task: Task, now: float) -> None:
+        if not self.tasks:
+            self.opened = now
+        task.enqueued = now
+        self.tasks.append(task)
+        self.size += task.size
+
+
+class BatchQueue:
+    """Requests for one (servable, signature, outputs, input layout).
+
+    `add`, `take` and `deadline` run under the scheduler's lock; `process`
+    runs on a batch thread without it.
+    """
+
+    def __init__(
+        self,
+        options: BatchOptions,
+        servable: Servable,
+        signature: Signature,
+        outputs: Sequence[str],
+        on_unbatchable: Callable[[str, str], None],
+    ) -> None:
+        self.options = options
+        self.limit = options.execution_batch_size
+        self.timeout = options.timeout_s
+        # Weak: queues live in a per-servable table that must not keep an
+        # unloaded servable alive. Queued requests hold it strongly.
+        self._servable = weakref.ref(servable)
+        self.signature = signature
+        self.outputs = list(outputs)
+        self._on_unbatchable = on_unbatchable
+        self.batches: deque[Batch] = deque([Batch()])
+        self.describe = f"{servable.name} version {servable.version} signature {signature.key!r}"
+        self.model = servable.name
+
+    # ------------------------------------------------------- under the lock
+
+    def add(self, task: Task, now: float) -> None:
+        opts = self.options
+        if task.size > opts.max_batch_size:
+            raise invalid_argument(
+                f"Task size {task.size} is larger than maximum input batch size "
+                f"{opts.max_batch_size}"
+            )
+        batches = self.batches
+        open_batch = batches[-1]
+        room = self.limit - open_batch.size
+        if task.size <= room:
+            open_batch.add(task, now)
+            return
+        if not opts.enable_large_batch_splitting:
+            if len(batches) >= opts.max_enqueued_batches:
+                raise unavailable(
+                    "The batch scheduling queue to which this task was submitted is full; "
+                    f"currently {len(batches)} batches enqueued and max_enqueued_batches is "
+                    f"{opts.max_enqueued_batches}"
+                )
+            batch = Batch()
+            batch.add(task, now)
+            batches.append(batch)
+            return
+        capacity = (opts.max_enqueued_batches - len(batches)) * self.limit + room
+        if task.size > capacity:
+            raise unavailable(
+                "The batch scheduling queue to which this task was submitted is full; "
+                f"task size is {task.size} but scheduling capacity is only {capacity} "
+                f"(num_enqueued_batches={len(batches)}, "
+                f"max_enqueued_batches={opts.max_enqueued_batches}, "
+                f"open_batch_size={open_batch.size}, "
+                f"max_execution_batch_size={self.limit})"
+            )
+        self._add_split(task, room, now)
+
+    def _add_split(self, task: Task, room: int, now: float) -> None:
+        sizes = [room] if room else []
+        left = task.size - room
+        while left > 0:
+            sizes.append(min(left, self.limit))
+            left -= sizes[-1]
+        assert task.future is not None
+        split = SplitRequest(task.future, len(sizes))
+        start = 0
+        for index, size in enumerate(sizes):
+            piece = {a: v[start : start + size] for a, v in task.inputs.items()}
+            start += size
+            if self.batches[-1].size + size > self.limit:
+                self.batches.append(Batch())
+            self.batches[-1].add(Task(piece, size, None, split, index), now)
+
+    def take(self, now: float) -> Batch | None:
+        """The next runnable batch, if any."""
+        batches = self.batches
+        if len(batches) > 1:
+            batch = batches.popleft()
+        else:
+            batch = batches[0]
+            if not batch.size or (batch.size < self.limit and now < batch.opened + self.timeout):
+                return None
+            batches[0] = Batch()
+        self.report_depth()
+        return batch
+
+    def report_depth(self) -> None:
+        """Requests waiting in this queue, for the queue-depth gauge."""
+        metrics.set_queue_depth(
+            self.model, self.signature.key, sum(len(b.tasks) for b in self.batches)
+        )
+
+    def deadline(self) -> float | None:
+        """When the next batch may run (0.0: now); None when nothing waits."""
+        if len(self.batches) > 1:
+            return 0.0
+        head = self.batches[0]
+        if not head.size:
+            return None
+        return head.opened + self.timeout
+
+    # ------------------------------------------------------- on a batch thread
+
+    def process(self, batch: Batch) -> list[Resolution]:
+        tasks = batch.tasks
+        rows = batch.size
+        padded = self.options.padded_size(rows)
+        started = time.monotonic()
+        key = self.signature.key
+        for task in tasks:
+            metrics.observe_queue_wait(self.model, key, started - task.enqueued)
+        metrics.observe_batch(self.model, key, rows, padded)
+        error: ServingError | None = None
+        results: list[Outputs] = []
+        try:
+            servable = self._servable()
+            if servable is None:  # cannot happen while requests hold it; be safe
+                raise unavailable(f"{self.describe} was unloaded")
+            merged = merge_inputs(
+                [t.inputs for t in tasks], rows, padded, self.options.pad_variable_length_inputs
+            )
+            out = servable.run(self.signature, merged, self.outputs)
+            if len(tasks) == 1 and padded == rows:
+                # Nothing to split: the answer is exactly the unbatched one.
+                if any(v.ndim == 0 or v.shape[0] != rows for v in out.values()):
+                    self._on_unbatchable(self.signature.key, self.describe)
+                results = [out]
+            else:
+                results = split_outputs(out, [t.size for t in tasks], padded)
+        except OutputMismatch as exc:
+            self._on_unbatchable(self.signature.key, self.describe)
+            error = ServingError(
+                exc.code,
+                f"{exc.message} (signature {self.signature.key!r} cannot be batched; "
+                "later requests to it run unbatched)",
+            )
+        except ServingError as exc:
+            error = exc
+        except Exception as exc:  # a bug here must not strand the requests
+            log.exception("batch for %s failed", self.describe)
+            error = ServingError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return resolutions(tasks, results, error)
+
+
+def resolutions(
+    tasks: Sequence[Task], results: Sequence[Outputs], error: ServingError | None
+) -> list[Resolution]:
+    out: list[Resolution] = []
+    for i, task in enumerate(tasks):
+        value = results[i] if error is None else None
+        if task.split is not None:
+            done = task.split.piece_done(task.index, value, error)
+            if done is not None:
+                out.append(done)
+        else:
+            assert task.future is not None
+            out.append((task.future, value, error))
+    return out
+
+
+def _resolve(items: list[Resolution]) -> None:
+    """On the event loop: hand each request its answer (skipping cancelled ones)."""
+    for future, value, error in items:
+        if future.done():
+            continue
+        if error is not None:
+            # A fresh exception per request: tracebacks must not be shared.
+            future.set_exception(ServingError(error.code, error.message))
+        else:
+            future.set_result(value)
+
+
+class Scheduler:
+    """`num_batch_threads` threads shared by all queues (TF Serving's model)."""
+
+    def __init__(self, num_threads: int, name: str = "batch_threads") -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._max_threads = num_threads
+        self._name = name
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        # Queues with waiting requests, in round-robin order (dict as ordered set).
+        self._active: dict[BatchQueue, None] = {}
+        self._closed = False
+        # Counters for logs and benchmarks (approximate under contention).
+        self.batches = 0
+        self.tasks = 0
+
+    def submit(self, queue: BatchQueue, task: Task) -> None:
+        """Enqueue or raise (INVALID_ARGUMENT too large, UNAVAILABLE queue full).
+
+        Does not wake a thread: the caller calls `wake` once for all the
+        requests it submitted in one go (one event-loop iteration), so a burst
+        of requests costs one thread wake-up and lands in one batch.
+        """
+        with self._cond:
+            if self._closed:
+                raise unavailable("the server is shutting down")
+            queue.add(task, time.monotonic())
+            self._active[queue] = None
+            queue.report_depth()
+
+    def wake(self) -> None:
+        """Get a batch thread looking at the queues (it re-reads deadlines too)."""
+        with self._cond:
+            if self._idle:
+                self._cond.notify()
+            elif len(self._threads) < self._max_threads and self._active:
+                self._spawn()
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _pick(self, now: float) -> tuple[tuple[BatchQueue, Batch] | None, float | None]:
+        earliest: float | None = None
+        for queue in list(self._active):
+            batch = queue.take(now)
+            if batch is not None:
+                # Round robin: this queue goes to the back of the line.
+                del self._active[queue]
+                if queue.deadline() is not None:
+                    self._active[queue] = None
+                return (queue, batch), None
+            deadline = queue.deadline()
+            if deadline is None:
+                del self._active[queue]
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        return None, None if earliest is None else max(0.0, earliest - now)
+
+    def _work(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while True:
+                    picked, wait = self._pick(time.monotonic())
+                    if picked is not None:
+                        break
+                    if self._closed and not self._active:
+                        return
+                    self._idle += 1
+                    cond.wait(wait)
+                    self._idle -= 1
+                if self._active:
+                    # More may be runnable: pass the baton to another thread.
+                    if self._idle:
+                        cond.notify()
+                    elif len(self._threads) < self._max_threads:
+                        self._spawn()
+            queue, batch = picked
+            items = queue.process(batch)
+            self.batches += 1
+            self.tasks += len(batch.tasks)
+            deliver(items)
+
+    def close(self) -> None:
+        """Stop the threads once the queues are empty (queued requests still run)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def deliver(items: list[Resolution]) -> None:
+    """One thread hop per event loop per batch."""
+    if not items:
+        return
+    loops: dict[asyncio.AbstractEventLoop, list[Resolution]] = {}
+    for item in items:
+        loops.setdefault(item[0].get_loop(), []).append(item)
+    for loop, batch in loops.items():
+        # A closed loop has nobody waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, batch)
