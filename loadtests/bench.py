@@ -35,39 +35,38 @@ class Bench:
 
     # ------------------------------------------------------------------ setup
 
-    def write_inputs(self) -> dict[str, Path]:
-        self.say(
-            f"writing models under {self.work / 'models'} (cnn: {self.shape.parameters:,} "
-            "parameters)"
-        )
+    def write_inputs(self) -> None:
+        """Models (servers already watch their folders), request bodies."""
+        n = self.shape.parameters
+        self.say(f"writing models under {self.work / 'models'} (cnn: {n:,} parameters)")
         paths = models.write_models(self.work / "models", self.shape)
+        if self.memory_models:
+            memory.fill(paths[models.HALF_PLUS_TWO] / "1", self.memory_models)
         for name, model in self.models.items():
             (self.work / f"{name}.grpc").write_bytes(models.grpc_body(model))
             (self.work / f"{name}.json").write_bytes(models.rest_body(model))
         bad = models.BenchModel("no_such_model", "x", "y", self.models[models.HALF_PLUS_TWO].row)
         (self.work / "bad.grpc").write_bytes(models.grpc_body(bad))
-        return paths
 
-    def start_servers(self, paths: dict[str, Path]) -> None:
-        """All local servers at once: their TensorFlow imports overlap."""
+    def start_servers(self) -> None:
+        """All local servers at once, before the models exist: their TensorFlow
+        imports overlap each other and the model writing; they load the
+        versions as they appear (poll 1 s)."""
         config = self.work / "models.config"
-        config.write_text(models_config(paths))
+        config.write_text(models_config(self.paths))
         params = self.args.batching_parameters
         if params is None:
             params = self.work / "batching.pbtxt"
             params.write_text(DEFAULT_BATCHING % (os.cpu_count() or 2))
-        common = [f"--model_config_file={config}"]
+        common = [f"--model_config_file={config}", "--file_system_poll_wait_seconds=1"]
         logs = self.work / "logs"
         logs.mkdir(exist_ok=True)
+        self.say("starting servers: batching off, batching on, memory")
         self.servers["off"] = LocalServer("off", common, logs)
         self.servers["on"] = LocalServer(
             "on", [*common, "--enable_batching", f"--batching_parameters_file={params}"], logs
         )
-        store = self.work / "memory"
-        self.memory_models = memory.copies(
-            paths[models.HALF_PLUS_TWO] / "1", store, self.args.models_count
-        )
-        self.servers["memory"] = memory.start(store, self.memory_models, logs)
+        self.servers["memory"] = memory.start(self.work / "memory", self.memory_models, logs)
         if not batching_in_server():
             self.notes.append(
                 "this server build does not implement batching yet: "
@@ -78,11 +77,16 @@ class Bench:
 
     def run(self) -> Report:
         args = self.args
-        paths = self.write_inputs()
+        self.paths = models.model_dirs(self.work / "models", self.shape)
+        self.memory_models = (
+            {} if args.remote else memory.model_dirs(self.work / "memory", args.models_count)
+        )
         memory_result = None
         try:
             if not args.remote:
-                self.start_servers(paths)
+                self.start_servers()
+            self.write_inputs()
+            if not args.remote:
                 self.say("measuring memory and new-version latency ...")
                 memory_result = memory.measure(
                     self.servers["memory"],
@@ -104,13 +108,12 @@ class Bench:
             seconds = 0.3 if args.quick else 1.5
             sizes = [1, 8, 32, 64, 128, 256]
             floors = {
-                name: floor.measure(model, paths[name] / "1", seconds, sizes)
+                name: floor.measure(model, self.paths[name] / "1", seconds, sizes)
                 for name, model in self.models.items()
             }
             runs = self.load_matrix()
         finally:
-            for label in list(self.servers):
-                self.stop(label)
+            self.stop(*self.servers)
         report = Report(meta=self.meta(), floors=floors, runs=runs, memory=memory_result)
         report.targets = targets(report)
         self.write(report)
@@ -233,7 +236,10 @@ class Bench:
             self.say(f"note: {note}")
         self.say(f"\nwrote {out / 'latest.json'}, {out / 'latest.png'}")
 
-    def stop(self, label: str) -> None:
-        server = self.servers.pop(label, None)
-        if server:
+    def stop(self, *labels: str) -> None:
+        """SIGTERM all first, then wait: their shutdowns overlap."""
+        servers = [self.servers.pop(label) for label in labels if label in self.servers]
+        for server in servers:
+            server.terminate()
+        for server in servers:
             server.stop()

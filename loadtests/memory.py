@@ -23,19 +23,27 @@ class MemoryResult(BaseModel):
         return max(self.new_version_s)
 
 
-def copies(template: Path, root: Path, count: int) -> dict[str, Path]:
-    """`count` half_plus_two models (version 1 each), copied from one written model."""
+def model_dirs(root: Path, count: int) -> dict[str, Path]:
+    """Base paths of `count` half_plus_two models, without versions a past run added."""
     out = {}
     for i in range(count):
         base = root / f"hp2_{i:02d}"
-        if not (base / "1" / "saved_model.pb").exists():
-            shutil.rmtree(base, ignore_errors=True)
-            shutil.copytree(template, base / "1")
-        for extra in base.iterdir():  # versions a previous run added
+        base.mkdir(parents=True, exist_ok=True)
+        for extra in base.iterdir():
             if extra.name != "1":
                 shutil.rmtree(extra)
         out[base.name] = base
     return out
+
+
+def fill(template: Path, models: dict[str, Path]) -> None:
+    """Version 1 of each model: a copy of `template`, renamed into place whole."""
+    for base in models.values():
+        if not (base / "1" / "saved_model.pb").exists():
+            shutil.rmtree(base / "1", ignore_errors=True)
+            staging = base / ".staging-1"
+            shutil.copytree(template, staging)
+            staging.rename(base / "1")
 
 
 def start(root: Path, models: dict[str, Path], log_dir: Path) -> LocalServer:

@@ -121,20 +121,28 @@ def install_version(model_dir: Path, version: int, write) -> Path:
     return target
 
 
-def write_models(root: Path, shape: CnnShape) -> dict[str, Path]:
-    """Both benchmark models under root/<name>/1; returns their base paths."""
-    from serving.examples import write_half_plus_two
-
-    root.mkdir(parents=True, exist_ok=True)
+def model_dirs(root: Path, shape: CnnShape) -> dict[str, Path]:
+    """The models' base paths, created (maybe empty) so a server can watch them."""
     stamp = root / f".cnn-{shape.tag()}"
     if not stamp.exists():  # another CNN shape was written here: rewrite it
         shutil.rmtree(root / CNN, ignore_errors=True)
         for old in root.glob(".cnn-*"):
             old.unlink()
-    install_version(root / HALF_PLUS_TWO, 1, lambda d: write_half_plus_two(d, 0.5, 2.0))
-    install_version(root / CNN, 1, lambda d: write_cnn(d, shape))
+    paths = {HALF_PLUS_TWO: root / HALF_PLUS_TWO, CNN: root / CNN}
+    for path in paths.values():
+        path.mkdir(parents=True, exist_ok=True)
     stamp.touch()
-    return {HALF_PLUS_TWO: root / HALF_PLUS_TWO, CNN: root / CNN}
+    return paths
+
+
+def write_models(root: Path, shape: CnnShape) -> dict[str, Path]:
+    """Both benchmark models under root/<name>/1 (kept if already there)."""
+    from serving.examples import write_half_plus_two
+
+    paths = model_dirs(root, shape)
+    install_version(paths[HALF_PLUS_TWO], 1, lambda d: write_half_plus_two(d, 0.5, 2.0))
+    install_version(paths[CNN], 1, lambda d: write_cnn(d, shape))
+    return paths
 
 
 def bench_models(shape: CnnShape) -> dict[str, BenchModel]:

@@ -174,6 +174,7 @@ def plot(report: Report, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     models = [m for m in (HALF_PLUS_TWO, CNN) if any(r.model == m for r in report.runs)]
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5), squeeze=False)
@@ -224,6 +225,10 @@ def plot(report: Report, path: Path) -> None:
                 )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+            axis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("throughput (requests/s, log)")
         ax.set_ylabel("p99 latency (ms, log)")
         ax.set_title(model)

@@ -78,6 +78,10 @@ class LocalServer:
         if self.proc.poll() is not None:
             raise RuntimeError(f"server {self.label} exited:\n{self.logs()[-3000:]}")
 
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
