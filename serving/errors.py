@@ -78,3 +78,11 @@ def internal(message: str) -> ServingError:
 
 def http_status_for(code: grpc.StatusCode) -> int:
     return _HTTP_STATUS.get(code, 500)
+
+
+class LoadError(Exception):
+    """A version could not be loaded; the message and code go into its status."""
+
+    def __init__(self, message: str, code: int = 2) -> None:  # 2 = UNKNOWN
+        super().__init__(message)
+        self.code = code

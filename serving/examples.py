@@ -19,8 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 v1 = tf.compat.v1
 HUB_MODULE_DEF = b"\x08\x03"  # hub ModuleDef { format: FORMAT_V3 }
@@ -42,9 +42,7 @@ def write_half_plus_two(export_dir: str | Path, a: float = 0.5, b: float = 2.0) 
         x = v1.placeholder(tf.float32, shape=[None, 1], name="x")
         y = tf.add(tf.multiply(var_a, x), var_b, name="y")
         serialized = v1.placeholder(tf.string, name="tf_example")
-        features = v1.io.parse_example(
-            serialized, {"x": v1.io.FixedLenFeature([1], tf.float32)}
-        )
+        features = v1.io.parse_example(serialized, {"x": v1.io.FixedLenFeature([1], tf.float32)})
         y_example = tf.add(tf.multiply(var_a, features["x"]), var_b, name="y_example")
         sess.run(v1.global_variables_initializer())
         signatures = {
@@ -150,9 +148,7 @@ def write_text_embedding_hub_module(export_dir: str | Path) -> Path:
             num_oov_buckets=1,
         )
         weights = np.arange((len(VOCABULARY) + 1) * EMBEDDING_DIM, dtype=np.float32)
-        embeddings = v1.Variable(
-            weights.reshape(-1, EMBEDDING_DIM) / 10.0, name="embeddings"
-        )
+        embeddings = v1.Variable(weights.reshape(-1, EMBEDDING_DIM) / 10.0, name="embeddings")
         tokens = tf.strings.split(sentences)
         ids = table.lookup(tokens)
         embedded = tf.nn.embedding_lookup(embeddings, ids)

@@ -219,6 +219,29 @@ FLAGS: tuple[Flag, ...] = (
     Flag("skip_initialize_tpu", bool, False, "Accepted for compatibility.", inert=True),
     Flag("mixed_precision", str, "", "Accepted for compatibility.", inert=True),
     Flag("version", bool, False, "Display version"),
+    Flag(
+        "enable_serialization_as_tensor_content",
+        bool,
+        False,
+        "Write Predict outputs as tensor_content instead of typed fields.",
+    ),
+    Flag(
+        "enable_grpc_healthcheck_service",
+        bool,
+        True,
+        "Serve grpc.health.v1 on the gRPC port (always on here).",
+        inert=True,
+    ),
+    Flag("num_tflite_pools", int, 0, "Not supported: TFLite models are not served.", inert=True),
+    Flag(
+        "num_tflite_interpreters_per_pool",
+        int,
+        1,
+        "Not supported: TFLite models are not served.",
+        inert=True,
+    ),
+    Flag("thread_pool_factory_config_file", str, "", "Accepted for compatibility.", inert=True),
+    Flag("xla_gpu_compilation_enabled", bool, False, "Accepted for compatibility.", inert=True),
     # Our own flags (not in tensorflow_model_server).
     Flag("device_config_file", str, "", "Per-model device assignment (GPU/CPU) file; see README."),
     Flag("log_format", str, "text", "Log line format: text or json."),
@@ -286,6 +309,12 @@ class ServerOptions(BaseModel):
     skip_initialize_tpu: bool = False
     mixed_precision: str = ""
     version: bool = False
+    enable_serialization_as_tensor_content: bool = False
+    enable_grpc_healthcheck_service: bool = True
+    num_tflite_pools: int = Field(0, ge=0)
+    num_tflite_interpreters_per_pool: int = Field(1, ge=0)
+    thread_pool_factory_config_file: str = ""
+    xla_gpu_compilation_enabled: bool = False
     device_config_file: str = ""
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

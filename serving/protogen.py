@@ -7,6 +7,7 @@ than its sources, so a plain `pip install` works too.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +33,6 @@ def is_stale(root: Path = PROTO_ROOT, out: Path = OUT_DIR) -> bool:
 
 def generate(root: Path = PROTO_ROOT, out: Path = OUT_DIR) -> None:
     import grpc_tools
-    from grpc_tools import protoc
 
     protos = proto_files(root)
     if not protos:
@@ -40,7 +40,9 @@ def generate(root: Path = PROTO_ROOT, out: Path = OUT_DIR) -> None:
     out.mkdir(parents=True, exist_ok=True)
     include = Path(grpc_tools.__file__).parent / "_proto"
     args = [
-        "protoc",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
         f"-I{root}",
         f"-I{include}",
         f"--python_out={out}",
@@ -48,8 +50,11 @@ def generate(root: Path = PROTO_ROOT, out: Path = OUT_DIR) -> None:
         f"--grpc_python_out={out}",
         *(str(p) for p in protos),
     ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed on {root}")
+    # A child process: protoc inside a process that has already loaded
+    # TensorFlow's protobuf runtime crashes it.
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"protoc failed on {root}: {result.stderr.strip()}")
     # Generated modules import each other as top-level packages
     # (`modelserver.config...`); `_generated` goes on sys.path in serving.protos.
     for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:

@@ -13,12 +13,14 @@ if str(protogen.OUT_DIR) not in sys.path:
 
 from modelserver.config import (
     batching_parameters_pb2,
+    device_config_pb2,
     monitoring_config_pb2,
     ssl_config_pb2,
 )
 
 BatchingParameters = batching_parameters_pb2.BatchingParameters
+DeviceConfigProto = device_config_pb2.DeviceConfig
 MonitoringConfig = monitoring_config_pb2.MonitoringConfig
 SSLConfig = ssl_config_pb2.SSLConfig
 
-__all__ = ["BatchingParameters", "MonitoringConfig", "SSLConfig"]
+__all__ = ["BatchingParameters", "DeviceConfigProto", "MonitoringConfig", "SSLConfig"]

@@ -14,14 +14,17 @@ from tensorflow.core.protobuf import config_pb2
 from serving.api.grpc.services import ModelServicer, PredictionServicer, add_services
 from serving.config.model_config import ConfigError, ServerModels, load_file, single_model
 from serving.core import ServerCore
+from serving.devices import DeviceConfigError, HostDevices, PlacementPlan, load_device_config
 from serving.flags import ServerOptions
 from serving.inference.runner import DirectRunner, Runner
 from serving.inference.service import InferenceService
 from serving.manager.manager import ServableManager
 from serving.manager.state import State, Transition
+from serving.protos import SSLConfig
 from serving.servables.base import Servable
-from serving.servables.loader import load_servable
+from serving.servables.loader import load_placed
 from serving.servables.session_bundle import SessionOptions
+from serving.servables.warmup import warmup
 from serving.sources.poller import FileSystemSource
 
 log = logging.getLogger("serving")
@@ -82,6 +85,17 @@ def session_options(options: ServerOptions) -> SessionOptions:
     )
 
 
+def placement_plan(options: ServerOptions, base: SessionOptions) -> PlacementPlan:
+    """Read --device_config_file and check it against this host's devices."""
+    try:
+        path = options.device_config_file
+        config = load_device_config(path) if path else None
+        host = HostDevices.detect(config.cpu_devices if config else 1)
+        return PlacementPlan.build(config, host, base)
+    except DeviceConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def log_transition(event: Transition) -> None:
     where = f" on {event.device}" if event.device else ""
     if event.state == State.AVAILABLE:
@@ -111,6 +125,16 @@ class ModelServer:
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         self._session_options = session_options(options)
+        self.placement = placement_plan(options, self._session_options)
+        self.placement.eager_setup()
+        log.info(
+            "device placement: %s",
+            self.placement.describe(m.name for m in self.initial_models.models),
+        )
+        log.info(
+            "session config: %s",
+            text_format.MessageToString(self.placement.session_config(), as_one_line=True),
+        )
         self.manager = ServableManager(
             self.load,
             max_load_retries=options.max_num_load_retries,
@@ -136,7 +160,16 @@ class ModelServer:
         self.grpc_addresses: list[str] = []
 
     def load(self, name: str, version: int, path: str) -> Servable:
-        return load_servable(name, version, path, self._session_options)
+        servable = load_placed(name, version, path, self.placement.session_options(name))
+        if self.options.enable_model_warmup:
+            try:
+                # Each replica (device) of a replicated version warms itself.
+                for replica in getattr(servable, "replicas", (servable,)):
+                    warmup(replica, self.options.num_request_iterations_for_warmup)
+            except BaseException:
+                servable.close()
+                raise
+        return servable
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -168,7 +201,7 @@ class ModelServer:
         server = grpc.aio.server(options=channel_options)
         prediction = PredictionServicer(
             self.service,
-            tensor_content=False,
+            tensor_content=opts.enable_serialization_as_tensor_content,
             observer=self.observer,
         )
         model = ModelServicer(self.service, self._reload_config, observer=self.observer)
@@ -178,9 +211,13 @@ class ModelServer:
             addresses.append(f"0.0.0.0:{opts.port}")
         if opts.grpc_socket_path:
             addresses.append(f"unix:{opts.grpc_socket_path}")
+        credentials = self._server_credentials()
         for address in addresses:
             try:
-                bound = server.add_insecure_port(address)
+                if credentials is not None:
+                    bound = server.add_secure_port(address, credentials)
+                else:
+                    bound = server.add_insecure_port(address)
             except RuntimeError:
                 bound = 0
             if not bound and not address.startswith("unix:"):
@@ -190,6 +227,25 @@ class ModelServer:
         self.grpc_addresses = addresses
         for address in addresses:
             log.info("Running gRPC ModelServer at %s ...", address)
+
+    def _server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS from --ssl_config_file (TF Serving's SSLConfig: PEM contents, not paths)."""
+        path = self.options.ssl_config_file
+        if not path:
+            return None
+        config = SSLConfig()
+        try:
+            with open(path) as f:
+                text_format.Parse(f.read(), config)
+        except (OSError, text_format.ParseError) as exc:
+            raise StartupError(f"{path}: not a valid SSLConfig text proto: {exc}") from None
+        if not config.server_key or not config.server_cert:
+            raise StartupError(f"{path}: server_key and server_cert are required")
+        return grpc.ssl_server_credentials(
+            [(config.server_key.encode(), config.server_cert.encode())],
+            root_certificates=config.custom_ca.encode() or None,
+            require_client_auth=config.client_verify,
+        )
 
     async def _reload_config(self, proto) -> None:
         await asyncio.to_thread(self.core.reload, proto, 600.0)

@@ -32,7 +32,7 @@ def testdata() -> Path:
 def model_store(tmp_path_factory) -> Path:
     """Models written once per test session; copy them, never modify."""
     root = tmp_path_factory.mktemp("model_store")
-    examples.write_half_plus_two(root / "hp2_a" , 0.5, 2.0)
+    examples.write_half_plus_two(root / "hp2_a", 0.5, 2.0)
     examples.write_half_plus_two(root / "hp2_b", 0.5, 3.0)
     examples.write_half_plus_two(root / "hp2_c", 0.5, 4.0)
     examples.write_keras_classifier(root / "keras")

@@ -46,23 +46,39 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval=
 class ServerProcess:
     """`python -m serving` on free loopback ports, logs captured to a file."""
 
-    def __init__(self, *flags: str, log_dir: Path, grpc_port: int | None = None,
-                 rest_port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *flags: str,
+        log_dir: Path,
+        grpc_port: int | None = None,
+        rest_port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.grpc_port = grpc_port if grpc_port is not None else free_port()
         self.rest_port = rest_port if rest_port is not None else free_port()
         self.log_path = log_dir / f"server-{self.grpc_port}.log"
         self.flags = [f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}", *flags]
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
-                    "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **(env or {}),
+        }
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serving", *self.flags],
-            cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         self.channel = grpc.insecure_channel(
             f"127.0.0.1:{self.grpc_port}",
-            options=[("grpc.max_receive_message_length", 256 << 20),
-                     ("grpc.max_send_message_length", 256 << 20)],
+            options=[
+                ("grpc.max_receive_message_length", 256 << 20),
+                ("grpc.max_send_message_length", 256 << 20),
+            ],
         )
         self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
@@ -78,10 +94,12 @@ class ServerProcess:
 
     def wait_serving(self, timeout: float = 60.0) -> None:
         """Until the gRPC port answers."""
+
         def up() -> bool:
             self.check_alive()
             grpc.channel_ready_future(self.channel).result(timeout=0.5)
             return True
+
         wait_for(up, timeout, f"gRPC port {self.grpc_port}\n{self.logs}")
 
     def check_alive(self) -> None:
@@ -102,18 +120,29 @@ class ServerProcess:
             return set()
         return {s.version for s in response.model_version_status if s.state == state}
 
-    def wait_available(self, model: str, versions: Iterable[int] | None = None,
-                       timeout: float = 60.0) -> None:
+    def wait_available(
+        self, model: str, versions: Iterable[int] | None = None, timeout: float = 60.0
+    ) -> None:
         wanted = set(versions) if versions is not None else None
+
         def ready() -> bool:
             self.check_alive()
             got = self.versions(model)
             return bool(got) and (wanted is None or got == wanted)
+
         wait_for(ready, timeout, f"{model} versions {wanted} AVAILABLE\n{self.logs}")
 
-    def predict(self, model: str, inputs: dict[str, np.ndarray | tf.Tensor], *,
-                version: int | None = None, label: str | None = None, signature: str = "",
-                output_filter: Iterable[str] = (), timeout: float = 10.0):
+    def predict(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray | tf.Tensor],
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = "",
+        output_filter: Iterable[str] = (),
+        timeout: float = 10.0,
+    ):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model
         if version is not None:

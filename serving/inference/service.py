@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.errors import invalid_argument, unimplemented
+from serving.errors import ServingError, invalid_argument, unimplemented
 from serving.inference import examples as ex
 from serving.inference.model_ref import ModelRef
 from serving.inference.runner import Runner
 from serving.inference.signatures import (
     check_inputs,
     check_output_filter,
+    describe_inputs,
     select_example_signature,
     select_signature,
 )
@@ -81,7 +83,15 @@ class InferenceService:
             signature = select_signature(servable, ref.signature_name)
             checked = check_inputs(ref.name, signature, inputs)
             wanted = check_output_filter(signature, output_filter)
-            outputs = await self.runner.run(servable, signature, checked, wanted)
+            try:
+                outputs = await self.runner.run(servable, signature, checked, wanted)
+            except ServingError as exc:
+                if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                # The graph rejected the inputs (a shape it cannot use): say which.
+                raise invalid_argument(
+                    f"{exc.message} (request inputs: {describe_inputs(checked)})"
+                ) from None
             return PredictResult(ref.name, servable.version, signature.key, outputs, signature)
 
     async def classify(self, ref: ModelRef, examples: np.ndarray) -> ClassifyResult:

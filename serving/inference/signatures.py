@@ -73,12 +73,11 @@ def _check_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
 
 
 def _shape_ok(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
-    # As lenient as TF Serving's Session::Run: a lower rank passes (its own
-    # clients send [1] to a [-1, 1] input); a higher rank or a known
-    # dimension that differs cannot be what the signature means.
-    if len(got) > len(expected):
-        return False
-    if len(got) < len(expected):
+    # As lenient as TF Serving's Session::Run, which checks no fed shape: its
+    # own clients send [1] to a [-1, 1] input, and its TF2 test model declares
+    # [1] yet serves [n, 1]. Only a same-rank conflict with a dimension the
+    # signature spells out is refused here; anything else is left to the graph.
+    if len(got) != len(expected):
         return True
     return all(e < 0 or e == g for e, g in zip(expected, got, strict=True))
 
@@ -104,3 +103,11 @@ def check_output_filter(signature: Signature, output_filter: Collection[str]) ->
             raise invalid_argument(f"duplicate output tensor alias: {alias}")
         seen.add(alias)
     return list(output_filter)
+
+
+def describe_inputs(inputs: Mapping[str, np.ndarray]) -> str:
+    """`x: float [3,1]`, for errors the graph raises about shapes."""
+    return ", ".join(
+        f"{alias}: {_numpy_type_name(a)} [{','.join(str(d) for d in a.shape)}]"
+        for alias, a in inputs.items()
+    )

@@ -23,15 +23,18 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from serving.errors import invalid_argument, not_found
+from serving.errors import LoadError, invalid_argument, not_found
 from serving.manager.state import State, Transition, VersionStatus
-from serving.servables.base import LoadError, Servable
 from serving.sources.file_system import fingerprint
+
+if TYPE_CHECKING:  # the manager itself never touches TensorFlow
+    from serving.servables.base import Servable
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[str, int, str], Servable]
+Loader = Callable[[str, int, str], "Servable"]
 
 
 @dataclass
@@ -380,6 +383,9 @@ class ServableManager:
         with self._cond:
             entry.job_running = False
             self._transition(model, entry, State.END, seconds=time.monotonic() - started)
+            if entry.aspired and not self._stopping:
+                # Aspired again while it was unloading (its folder came back).
+                model.versions[entry.version] = _Version(entry.version, entry.path)
             self._cond.notify_all()
 
     def _files_changed(self, entry: _Version) -> bool:

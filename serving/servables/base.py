@@ -8,18 +8,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from serving.errors import LoadError
 from serving.servables.signature import Signature
+
+__all__ = ["LoadError", "Servable"]
 
 DEFAULT_SERVING_SIGNATURE = "serving_default"
 HUB_DEFAULT_SIGNATURE = "default"
-
-
-class LoadError(Exception):
-    """A version could not be loaded; the message and code go into its status."""
-
-    def __init__(self, message: str, code: int = 2) -> None:  # 2 = UNKNOWN
-        super().__init__(message)
-        self.code = code
 
 
 class Servable(abc.ABC):

@@ -41,7 +41,7 @@ class ObjectGraphServable(Servable):
             path,
             meta_graph.signature_def,
             DEFAULT_SERVING_SIGNATURE,
-            options.device or "",
+            options.device_label or options.device,
         )
         log.info("%s: loaded with the TF2 object-graph loader", path)
 

@@ -6,7 +6,8 @@ Why one Session-based loader for everything (see docs in README):
 - running through `Session._make_callable_from_options` skips Python's
   fed-shape check, so shape [1] is accepted for a [None, 1] input exactly as
   TF Serving's C++ Session::Run accepts it, and costs ~40 µs per call against
-  ~270 µs for `Session.run` and ~400 µs for a TF2 signature function;
+  ~270 µs for `Session.run` and ~400 µs for a TF2 signature function (and
+  callables.py picks per signature whether ops run in the calling thread);
 - TF1 Hub modules need their `table_initializer` collection run with asset
   paths fed, which the TF1 loader skips: we run it ourselves.
 """
@@ -33,6 +34,7 @@ from serving.servables.base import (
     LoadError,
     Servable,
 )
+from serving.servables.callables import TunedCallable
 from serving.servables.signature import Signature
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,14 @@ class SessionOptions:
     inter_op_threads: int = 0
     gpu_memory_fraction: float = 0.0
     allow_growth: bool | None = None
-    # TensorFlow device string the whole graph is placed on ("" = TF decides).
+    # TensorFlow device string the graph is placed on ("" = TF decides).
     device: str = ""
+    # Drop the export's own device pins so the whole graph lands on `device`
+    # (False: only unpinned ops go there, as in TF Serving).
+    clear_devices: bool = True
+    # The device as the operator named it, for status/logs/metrics (a capped
+    # model's virtual GPU has another TF name); "" = `device`.
+    device_label: str = ""
     base_config: config_pb2.ConfigProto = field(default_factory=config_pb2.ConfigProto)
 
     def config_proto(self) -> config_pb2.ConfigProto:
@@ -86,6 +94,12 @@ def read_meta_graph(path: str, tags: frozenset[str]):
         raise LoadError(str(exc).strip().splitlines()[0]) from exc
 
 
+def _short_device(name: str) -> str:
+    """'/job:localhost/replica:0/task:0/device:CPU:1' → '/CPU:1'."""
+    spec = tf.DeviceSpec.from_string(name)
+    return f"/{spec.device_type}:{spec.device_index}" if spec.device_type else name
+
+
 def status_from_tf_error(exc: tf.errors.OpError) -> ServingError:
     code = _TF_CODES.get(exc.error_code, grpc.StatusCode.INTERNAL)
     return ServingError(code, exc.message)
@@ -94,22 +108,27 @@ def status_from_tf_error(exc: tf.errors.OpError) -> ServingError:
 class SessionServable(Servable):
     def __init__(self, name: str, version: int, path: str, options: SessionOptions) -> None:
         self._graph = tf.Graph()
-        self._session = tf.compat.v1.Session(graph=self._graph, config=options.config_proto())
+        # Kept so tests and diagnostics can see what the session really got.
+        self.config = options.config_proto()
+        self._session = tf.compat.v1.Session(graph=self._graph, config=self.config)
         self._callables: dict[tuple, Callable[..., list[np.ndarray]]] = {}
         self._lock = threading.Lock()
         hub = is_hub_module(path)
         tags = [] if hub else sorted(options.tags)
         try:
-            meta_graph = self._load(path, tags, options.device)
+            meta_graph = self._load(path, tags, options)
         except Exception:
             self._session.close()
             raise
         signature_defs = dict(meta_graph.signature_def)
         default = HUB_DEFAULT_SIGNATURE if hub else DEFAULT_SERVING_SIGNATURE
-        super().__init__(name, version, path, signature_defs, default, options.device or "")
+        super().__init__(
+            name, version, path, signature_defs, default, options.device_label or options.device
+        )
         self.is_hub_module = hub
 
-    def _load(self, path: str, tags: list[str], device: str):
+    def _load(self, path: str, tags: list[str], options: SessionOptions):
+        device = options.device
         if not any(os.path.isfile(os.path.join(path, f)) for f in _SAVED_MODEL_FILES):
             raise LoadError(
                 f"SavedModel file does not exist at: {path}/{{saved_model.pbtxt|saved_model.pb}}",
@@ -117,9 +136,18 @@ class SessionServable(Servable):
             )
         started = time.monotonic()
         try:
+            loader = loader_impl.SavedModelLoader(path)
+            # Read before loading: clear_devices strips the pins in place.
+            pinned = {
+                node.device
+                for node in loader.get_meta_graph_def_from_tags(tags).graph_def.node
+                if node.device
+            }
+            # The device scope applies to every imported op without a device
+            # of its own; with clear_devices that is all of them.
             with self._graph.as_default(), self._graph.device(device or None):
-                meta_graph = tf.compat.v1.saved_model.loader.load(
-                    self._session, tags, path, clear_devices=bool(device)
+                meta_graph = loader.load(
+                    self._session, tags, clear_devices=bool(device) and options.clear_devices
                 )
                 self._init_tables(path, meta_graph)
                 self._check_restored(meta_graph)
@@ -129,7 +157,7 @@ class SessionServable(Servable):
             message = (getattr(exc, "message", None) or str(exc)).strip()
             code = exc.error_code if isinstance(exc, tf.errors.OpError) else 2
             raise LoadError(message.splitlines()[0] if message else repr(exc), code) from exc
-        self._warn_on_absent_devices(path, meta_graph)
+        self._warn_on_absent_devices(path, pinned, device if options.clear_devices else "")
         log.debug("session for %s built in %.3fs", path, time.monotonic() - started)
         return meta_graph
 
@@ -156,7 +184,7 @@ class SessionServable(Servable):
                 f"variables not restored by the Session loader: {', '.join(missing[:5])}"
             )
 
-    def _warn_on_absent_devices(self, path: str, meta_graph) -> None:
+    def _warn_on_absent_devices(self, path: str, pinned: set[str], placed_on: str) -> None:
         present = {
             (spec.device_type, spec.device_index)
             for spec in (tf.DeviceSpec.from_string(d.name) for d in self._session.list_devices())
@@ -171,9 +199,15 @@ class SessionServable(Servable):
                 for kind, index in present
             )
 
-        pinned = {node.device for node in meta_graph.graph_def.node if node.device}
         missing = sorted(d for d in pinned if not available(d))
-        if missing:
+        if missing and placed_on:
+            log.warning(
+                "%s: graph pins ops to %s, not present here; placing the whole graph on %s",
+                path,
+                ", ".join(missing),
+                placed_on,
+            )
+        elif missing:
             log.warning(
                 "%s: graph pins ops to %s, not present here; soft placement moves them",
                 path,
@@ -191,7 +225,7 @@ class SessionServable(Servable):
                     opts.feed.extend(signature.inputs[a].tensor_name for a in feed)
                     opts.fetch.extend(signature.outputs[a].tensor_name for a in fetch)
                     try:
-                        fn = self._session._make_callable_from_options(opts)
+                        fn = TunedCallable(self._session._make_callable_from_options, opts)
                     except tf.errors.OpError as exc:
                         raise status_from_tf_error(exc) from None
                     self._callables[key] = fn
@@ -211,6 +245,30 @@ class SessionServable(Servable):
         except tf.errors.OpError as exc:
             raise status_from_tf_error(exc) from None
         return dict(zip(fetch, values, strict=True))
+
+    def trace(
+        self, signature: Signature, inputs: Mapping[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+        """Run once with a full trace: outputs, and the nodes each device executed.
+
+        For diagnostics and tests: proves where the graph actually runs.
+        """
+        opts = config_pb2.CallableOptions()
+        feed = tuple(inputs)
+        fetch = tuple(signature.outputs)
+        opts.feed.extend(signature.inputs[a].tensor_name for a in feed)
+        opts.fetch.extend(signature.outputs[a].tensor_name for a in fetch)
+        opts.run_options.trace_level = config_pb2.RunOptions.FULL_TRACE
+        metadata = config_pb2.RunMetadata()
+        fn = self._session._make_callable_from_options(opts)
+        values = fn(*(inputs[a] for a in feed), run_metadata=metadata)
+        nodes = {
+            _short_device(stats.device): [
+                n.node_name for n in stats.node_stats if not n.node_name.startswith("_")
+            ]
+            for stats in metadata.step_stats.dev_stats
+        }
+        return dict(zip(fetch, values, strict=True)), nodes
 
     def close(self) -> None:
         self._callables.clear()
