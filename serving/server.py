@@ -158,6 +158,8 @@ class ModelServer:
         self.observer = None
         self._grpc: grpc.aio.Server | None = None
         self.grpc_addresses: list[str] = []
+        # The REST server (serving.api.rest.http.HttpServer); others add routes to it.
+        self.http = None
 
     def load(self, name: str, version: int, path: str) -> Servable:
         servable = load_placed(name, version, path, self.placement.session_options(name))
@@ -181,6 +183,7 @@ class ModelServer:
             self.core.watch_file(opts.model_config_file, opts.model_config_file_poll_wait_seconds)
         self.source.start()
         await self._start_grpc()
+        await self._start_rest()
         log.info(
             "serving %d model(s): %s",
             len(self.initial_models.models),
@@ -228,6 +231,12 @@ class ModelServer:
         for address in addresses:
             log.info("Running gRPC ModelServer at %s ...", address)
 
+    async def _start_rest(self) -> None:
+        """TF Serving's REST API on --rest_api_port, on this same event loop."""
+        from serving.api.rest import start_rest
+
+        self.http = await start_rest(self.options, self.service, self.observer)
+
     def _server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS from --ssl_config_file (TF Serving's SSLConfig: PEM contents, not paths)."""
         path = self.options.ssl_config_file
@@ -257,6 +266,8 @@ class ModelServer:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, unload everything."""
         grace = self.options.drain_timeout_seconds
+        if self.http is not None:
+            await self.http.stop(grace)
         if self._grpc is not None:
             await self._grpc.stop(grace)
         self.core.stop()

@@ -13,8 +13,7 @@ from serving.servables.signature import Signature, TensorSpec, short_dtype_name
 
 def select_signature(servable: Servable, signature_name: str) -> Signature:
     """Predict's lookup: an unknown key is FAILED_PRECONDITION, as in TF Serving."""
-    key = signature_name or servable.default_signature
-    signature = servable.signatures.get(key)
+    key, signature = _lookup(servable, signature_name)
     if signature is None:
         raise failed_precondition(f'Serving signature key "{key}" not found.')
     return signature
@@ -22,11 +21,15 @@ def select_signature(servable: Servable, signature_name: str) -> Signature:
 
 def select_example_signature(servable: Servable, signature_name: str) -> Signature:
     """Classify/Regress lookup: TF Serving answers INVALID_ARGUMENT here."""
-    key = signature_name or servable.default_signature
-    signature = servable.signatures.get(key)
+    key, signature = _lookup(servable, signature_name)
     if signature is None:
         raise invalid_argument(f"No signature was found with the name: {key}")
     return signature
+
+
+def _lookup(servable: Servable, signature_name: str) -> tuple[str, Signature | None]:
+    key = signature_name or servable.default_signature
+    return key, servable.signatures.get(key)
 
 
 def _set(names: Collection[str]) -> str:

@@ -1,0 +1,240 @@
+"""Response bodies byte for byte as TF Serving writes them.
+
+TF Serving builds predict/classify/regress/error bodies with rapidjson's
+PrettyWriter (4-space indent), switching arrays to single-line mode for each
+row of a row-format response. Reproduced here:
+
+    {"instances": [1.0, 2.0]}    →  {\\n    "predictions": [2.5, 3.0\\n    ]\\n}
+    {"inputs": [[1.0], [2.0]]}   →  {\\n    "outputs": [\\n        [\\n            2.5\\n ...
+
+Numbers are not formatted one by one in Python: every element becomes a
+printf directive (or a literal), and one `%` operation over the joined
+directives (C code, correctly rounded) formats a whole tensor.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+
+import numpy as np
+
+from serving.api.rest.floatfmt import float_specs
+from serving.errors import invalid_argument
+
+INDENT = "    "
+_ESCAPES = {i: f"\\u{i:04X}" for i in range(0x20)}
+_ESCAPES.update({0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"})
+_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
+
+
+def json_string(text: str) -> str:
+    """A JSON string literal as rapidjson writes it (UTF-8 kept, controls escaped)."""
+    return '"' + text.translate(_ESCAPES) + '"'
+
+
+def error_json(message: str) -> str:
+    """TF Serving's error body: `{"error": ...}` from a PrettyWriter, no trailing newline."""
+    return "{\n" + INDENT + '"error": ' + json_string(message) + "\n}"
+
+
+def _bytes_text(value: object) -> str:
+    # TF Serving writes string tensors' raw bytes; undecodable bytes pass through
+    # unchanged (surrogateescape), as rapidjson does not validate UTF-8.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="surrogateescape")
+    return str(value)
+
+
+def _fill(specs: np.ndarray, numbers: list) -> np.ndarray:
+    """Apply one `%` to all pieces at once; return the texts, same shape."""
+    if not numbers:
+        return specs
+    flat = specs.reshape(-1).tolist()
+    texts = ("\x00".join(flat) % tuple(numbers)).split("\x00")
+    out = np.empty(len(texts), dtype=object)
+    out[:] = texts
+    return out.reshape(specs.shape)
+
+
+def _numeric_specs(array: np.ndarray) -> tuple[np.ndarray, list] | None:
+    """Format pieces + the numbers they consume, for numeric and bool tensors."""
+    kind = array.dtype.kind
+    if kind == "f" or array.dtype.name == "bfloat16":
+        specs, numbers = float_specs(array, array.dtype == np.float64)
+        return specs, numbers.tolist()
+    if kind in "iu":
+        return np.full(array.shape, "%d", dtype=object), array.reshape(-1).tolist()
+    if kind == "b":
+        return np.where(array, "true", "false").astype(object), []
+    return None
+
+
+def tensor_texts(name: str, array: np.ndarray, depth_for_b64: int = 0) -> np.ndarray:
+    """JSON text of every element of an output tensor (object array, same shape)."""
+    array = np.asarray(array)
+    numeric = _numeric_specs(array)
+    if numeric is not None:
+        return _fill(*numeric)
+    if array.dtype.kind in "OSU":
+        flat = array.reshape(-1).tolist()
+        if name.endswith("_bytes"):
+            pieces = [_b64_object(v, depth_for_b64) for v in flat]
+        else:
+            pieces = [json_string(_bytes_text(v)) for v in flat]
+        out = np.empty(len(flat), dtype=object)
+        out[:] = pieces
+        return out.reshape(array.shape)
+    raise invalid_argument(f"Failed to write JSON value for tensor type: {_type_name(array)}")
+
+
+def _single(array: np.ndarray, head: str, render, tail: str) -> bytes | None:
+    """One numeric tensor: lay out the format pieces, then one `%` fills every number."""
+    numeric = _numeric_specs(array)
+    if numeric is None:
+        return None
+    specs, numbers = numeric
+    fmt = head + render(specs.tolist()) + tail
+    return _encode(fmt % tuple(numbers) if numbers else fmt)
+
+
+def _type_name(array: np.ndarray) -> str:
+    from serving.inference.tensors import DTYPE_OF_NUMPY
+    from serving.servables.signature import short_dtype_name
+
+    dtype = DTYPE_OF_NUMPY.get(array.dtype)
+    return short_dtype_name(dtype) if dtype is not None else str(array.dtype)
+
+
+def _b64_object(value: object, depth: int) -> str:
+    raw = value if isinstance(value, bytes) else str(value).encode()
+    encoded = base64.b64encode(raw).decode("ascii")
+    # A PrettyWriter object is always multi-line, even inside a single-line array.
+    return "{\n" + INDENT * (depth + 1) + f'"b64": "{encoded}"\n' + INDENT * depth + "}"
+
+
+def layout(specs: object, depth: int, single: bool) -> str:
+    """Nested lists of pieces → rapidjson PrettyWriter text.
+
+    `depth` is the number of containers already open around this value;
+    `single` is kFormatSingleLineArray (", " between items, no newlines).
+    """
+    if not isinstance(specs, list):
+        return specs  # type: ignore[return-value]
+    if not specs:
+        return "[]"
+    inner = depth + 1
+    if single:
+        if isinstance(specs[0], list):
+            return "[" + ", ".join(layout(s, inner, True) for s in specs) + "]"
+        return "[" + ", ".join(specs) + "]"
+    pad = "\n" + INDENT * inner
+    if isinstance(specs[0], list):
+        body = ("," + pad).join(layout(s, inner, False) for s in specs)
+    else:
+        body = ("," + pad).join(specs)
+    return "[" + pad + body + "\n" + INDENT * depth + "]"
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", errors="surrogateescape")
+
+
+def _check_batch(outputs: Mapping[str, np.ndarray]) -> int:
+    batch = 0
+    for name, array in outputs.items():
+        if np.ndim(array) == 0:
+            raise invalid_argument(f"Tensor name: {name} has no shape information ")
+        size = np.shape(array)[0]
+        if size < 1:
+            raise invalid_argument(f"Tensor name: {name} has invalid batch size: {size}")
+        if batch and size != batch:
+            raise invalid_argument(
+                f"Tensor name: {name} has inconsistent batch size: {size} expecting: {batch}"
+            )
+        batch = size
+    return batch
+
+
+def predict_row(outputs: Mapping[str, np.ndarray]) -> bytes:
+    """`{"predictions": [...]}`: one entry per batch row (an object if several outputs)."""
+    if not outputs:
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
+    batch = _check_batch(outputs)
+    head = "{\n" + INDENT + '"predictions": ['
+    tail = "\n" + INDENT + "]\n}"
+    if len(outputs) == 1:
+        ((name, array),) = outputs.items()
+        array = np.asarray(array)
+        fast = _single(
+            array, head, lambda rows: ", ".join([layout(row, 2, True) for row in rows]), tail
+        )
+        if fast is not None:
+            return fast
+        rows = tensor_texts(name, array, np.ndim(array) + 1).tolist()
+        if np.ndim(array) == 1:
+            return _encode(head + ", ".join(rows) + tail)
+        return _encode(head + ", ".join([layout(row, 2, True) for row in rows]) + tail)
+    columns = [
+        (json_string(name), tensor_texts(name, array, np.ndim(array) + 2).tolist())
+        for name, array in outputs.items()
+    ]
+    key_pad = "\n" + INDENT * 3
+    items = []
+    for row in range(batch):
+        fields = [key_pad + key + ": " + layout(rows[row], 3, True) for key, rows in columns]
+        items.append("{" + ",".join(fields) + "\n" + INDENT * 2 + "}")
+    pad = "\n" + INDENT * 2
+    return _encode(head + pad + ("," + pad).join(items) + tail)
+
+
+def predict_columnar(outputs: Mapping[str, np.ndarray]) -> bytes:
+    """`{"outputs": value}` or `{"outputs": {name: value, ...}}`, multi-line arrays."""
+    if not outputs:
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
+    if len(outputs) == 1:
+        ((name, array),) = outputs.items()
+        array = np.asarray(array)
+        head = "{\n" + INDENT + '"outputs": '
+        fast = _single(array, head, lambda specs: layout(specs, 1, False), "\n}")
+        if fast is not None:
+            return fast
+        texts = tensor_texts(name, array, np.ndim(array) + 1)
+        return _encode("{\n" + INDENT + '"outputs": ' + layout(texts.tolist(), 1, False) + "\n}")
+    fields = []
+    for name, array in outputs.items():
+        texts = tensor_texts(name, array, np.ndim(array) + 2)
+        fields.append(
+            "\n" + INDENT * 2 + json_string(name) + ": " + layout(texts.tolist(), 2, False)
+        )
+    return _encode("{\n" + INDENT + '"outputs": {' + ",".join(fields) + "\n" + INDENT + "}\n}")
+
+
+def classify_json(classes: np.ndarray | None, scores: np.ndarray | None) -> bytes:
+    """`{"results": [[[label, score], ...], ...]}`; a missing output is "" / 0.0."""
+    reference = classes if classes is not None else scores
+    assert reference is not None
+    batch, num = reference.shape
+    if batch == 0:
+        raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
+    if scores is not None:
+        score_rows = tensor_texts("scores", scores.astype(np.float32)).tolist()
+    else:
+        score_rows = [["0.0"] * num for _ in range(batch)]
+    if classes is not None:
+        label_rows = [[json_string(_bytes_text(v)) for v in row] for row in classes.tolist()]
+    else:
+        label_rows = [['""'] * num for _ in range(batch)]
+    items = []
+    for labels, row_scores in zip(label_rows, score_rows, strict=True):
+        pairs = ", ".join(f"[{lab}, {sc}]" for lab, sc in zip(labels, row_scores, strict=True))
+        items.append(f"[{pairs}]")
+    return _encode("{\n" + INDENT + '"results": [' + ", ".join(items) + "\n" + INDENT + "]\n}")
+
+
+def regress_json(values: np.ndarray) -> bytes:
+    """`{"results": [v1, v2, ...]}` (one single-line array)."""
+    if np.size(values) == 0:
+        raise invalid_argument("Cannot convert empty RegressionResults to JSON")
+    texts = tensor_texts("outputs", np.asarray(values, dtype=np.float32).reshape(-1))
+    return _encode("{\n" + INDENT + '"results": [' + ", ".join(texts.tolist()) + "]\n}")

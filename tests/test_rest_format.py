@@ -1,0 +1,94 @@
+"""TF Serving's float text and JSON layout, checked without a server (fast)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from serving.api.rest import decode, jsonfmt
+from serving.api.rest.floatfmt import format_floats, format_scalar
+from serving.errors import ServingError
+
+# absl::StrCat (6 significant digits, %g) unless that does not round-trip, then
+# %.9g (float) / %.17g (double); ".0" when neither "." nor "e" (json_tensor.cc).
+KNOWN_FLOAT = {
+    0.1: "0.1",
+    1 / 3: "0.333333343",
+    9e6: "9e+06",
+    1234567.0: "1234567.0",
+    1e-5: "1e-05",
+    1e-4: "0.0001",
+    123456.0: "123456.0",
+    2.5: "2.5",
+    3.0: "3.0",
+    42.0: "42.0",
+    -0.0: "-0.0",
+    3.4028235e38: "3.40282347e+38",
+    16777216.0: "16777216.0",
+    float("nan"): "NaN",
+    float("inf"): "Infinity",
+    float("-inf"): "-Infinity",
+}
+
+
+def test_known_float_texts() -> None:
+    values = np.array(list(KNOWN_FLOAT), dtype=np.float32)
+    assert format_floats(values) == list(KNOWN_FLOAT.values())
+    assert format_floats(np.array([0.1, 1 / 3, 1e22], np.float64), double=True) == [
+        "0.1",
+        "0.33333333333333331",
+        "1e+22",
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vectorized_floats_match_the_scalar_rules(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pools = [
+        rng.standard_normal(20000).astype(np.float32),
+        (rng.integers(-(10**7), 10**7, 20000) / 10.0 ** rng.integers(0, 12, 20000)).astype(
+            np.float32
+        ),
+        rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+    ]
+    for values in pools:
+        expected = [format_scalar(float(v)) for v in values.tolist()]
+        assert format_floats(values) == expected
+    doubles = rng.standard_normal(20000) * 10.0 ** rng.integers(-30, 30, 20000)
+    expected = [format_scalar(v, double=True) for v in doubles.tolist()]
+    assert format_floats(doubles, double=True) == expected
+
+
+def test_layouts() -> None:
+    y = np.array([[1.5], [2.0]], np.float32)
+    assert jsonfmt.predict_row({"y": y}) == b'{\n    "predictions": [[1.5], [2.0]\n    ]\n}'
+    assert jsonfmt.predict_columnar({"y": np.array([1, 2])}) == (
+        b'{\n    "outputs": [\n        1,\n        2\n    ]\n}'
+    )
+    two = jsonfmt.predict_row({"a": np.array([1.0], np.float32), "b": np.array([[True]])})
+    assert two == (
+        b'{\n    "predictions": [\n        {\n            "a": 1.0,\n'
+        b'            "b": [true]\n        }\n    ]\n}'
+    )
+    assert jsonfmt.error_json('bad "x"\n') == '{\n    "error": "bad \\"x\\"\\n"\n}'
+    assert json.loads(jsonfmt.regress_json(np.array([0.5], np.float32))) == {"results": [0.5]}
+
+
+def test_parse_errors_use_rapidjson_wording() -> None:
+    cases = {
+        b"": "JSON Parse error: The document is empty",
+        b"{": "JSON Parse error: Missing a name for object member. at offset: 1",
+        b'{"a": 1,}': "JSON Parse error: Missing a name for object member. at offset: 8",
+        b'{"a" 1}': "JSON Parse error: Missing a colon after a name of object member. at offset: 5",
+        b"[1] 2": "JSON Parse error: The document root must not be followed by other values. "
+        "at offset: 4",
+        b'{"a": 1 "b": 2}': "JSON Parse error: Missing a comma or '}' after an object member. "
+        "at offset: 8",
+    }
+    for body, message in cases.items():
+        with pytest.raises(ServingError) as err:
+            decode.parse_json(body)
+        assert err.value.message == message
+    assert decode.parse_json(b'{"x": [NaN, -Infinity]}')["x"][1] == float("-inf")
