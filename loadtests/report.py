@@ -180,7 +180,7 @@ def plot(report: Report, path: Path) -> None:
     from matplotlib import ticker
 
     models = [m for m in (HALF_PLUS_TWO, CNN) if any(r.model == m for r in report.runs)]
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 6), squeeze=False)
     styles = {"grpc": "-", "rest": "--"}
     colors = {"off": "tab:blue", "on": "tab:orange", "remote": "tab:green"}
     for ax, model in zip(axes[0], models, strict=True):
@@ -196,7 +196,7 @@ def plot(report: Report, path: Path) -> None:
                 xs,
                 ys,
                 styles.get(protocol, ":"),
-                marker="o",
+                marker="o" if protocol == "grpc" else "s",
                 color=colors.get(batching, "gray"),
                 label=f"{protocol}, batching {batching}",
             )
@@ -208,35 +208,34 @@ def plot(report: Report, path: Path) -> None:
                     xytext=(4, 4),
                     fontsize=8,
                 )
+        data_x = [x for runs in series.values() for r in runs if (x := r.result.rps) > 0]
+        lo, hi = min(data_x, default=1.0) / 1.6, max(data_x, default=10.0) * 1.6
         floor = report.floors.get(model)
         if floor:
-            ax.axvline(
-                floor.public_api.rate,
-                color="gray",
-                ls=":",
-                label=f"in-process, public API ({floor.public_api.rate:.0f}/s)",
-            )
-            own = floor.server_path.rate
-            ax.axvline(own, color="black", ls=":", label=f"in-process, server path ({own:.0f}/s)")
+            lines = [
+                (floor.public_api.rate, "gray", ":", "in-process, public API"),
+                (floor.server_path.rate, "black", ":", "in-process, server path"),
+            ]
             if model == CNN:
                 best = floor.best_batch
-                ax.axvline(
-                    best.rows_per_s,
-                    color="red",
-                    ls="-.",
-                    label=f"in-process best batch {best.batch} ({best.rows_per_s:.0f} rows/s)",
-                )
+                lines.append((best.rows_per_s, "red", "-.", f"in-process, best batch {best.batch}"))
+            # Show a floor line when it is within 4x of the data; else name it only.
+            hi = max([hi, *(x * 1.2 for x, *_ in lines if x < hi * 4)])
+            for x, color, ls, label in lines:
+                text = f"{label}: {x:,.0f}/s" + ("" if x <= hi else " (off scale)")
+                ax.axvline(x if x <= hi else float("nan"), color=color, ls=ls, label=text)
+        ax.set_xlim(lo, hi)
         ax.set_xscale("log")
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
             axis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
             axis.set_minor_formatter(ticker.NullFormatter())
-        ax.set_xlabel("throughput (requests/s, log)")
+        ax.set_xlabel("throughput (requests/s, log); solid o = gRPC, dashed s = REST")
         ax.set_ylabel("p99 latency (ms, log)")
         ax.set_title(model)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     meta = report.meta
     fig.suptitle(
         f"model-server bench ({meta.get('mode')}, {meta.get('when')}, "
