@@ -213,9 +213,15 @@ def write_all(root: str | Path) -> Path:
         staging.rename(target)  # atomic: the server never sees half a version
         print(f"wrote {target}")
     models = sorted({name for name, _v, _w in jobs})
+    # half_plus_two shows version policies and labels: both versions served.
+    extra = {
+        "half_plus_two": "    model_version_policy { all {} }\n"
+        '    version_labels { key: "stable" value: 1 }\n'
+        '    version_labels { key: "canary" value: 2 }\n'
+    }
     entries = "\n".join(
         f'  config {{\n    name: "{name}"\n    base_path: "{root / name}"\n'
-        f'    model_platform: "tensorflow"\n  }}'
+        f'    model_platform: "tensorflow"\n{extra.get(name, "")}  }}'
         for name in models
     )
     (root / "models.config").write_text(f"model_config_list {{\n{entries}\n}}\n")

@@ -274,11 +274,6 @@ def test_metadata_matches_tf_serving(server: ServerProcess, testdata: Path) -> N
             "Expected input x to be float but get int64.",
         ),
         (
-            {"inputs": {"x": np.ones((2, 2), np.float32)}},
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "input 'x' has shape [2, 2], which is not compatible with the signature's shape [-1, 1]",
-        ),
-        (
             {"inputs": {"x": np.array([1.0], np.float32), "y": np.array([1.0], np.float32)}},
             grpc.StatusCode.INVALID_ARGUMENT,
             "input size does not match signature: 2!=1 len({x,y}) != len({x}). "
@@ -304,11 +299,17 @@ def test_predict_errors(server: ServerProcess, kwargs: dict, code, message: str)
     )
 
 
-def test_matrix_shape_mismatch_names_input(server: ServerProcess) -> None:
+def test_shapes_as_lenient_as_tf_serving(server: ServerProcess) -> None:
+    # TF Serving's REST handler test sends [[1, 2], ...] to the [-1, 1] x.
+    y = predict_y(server, "half_plus_two", [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_allclose(y, [[2.5, 3.0], [3.5, 4.0]])
+
+
+def test_dtype_mismatch_names_input(server: ServerProcess) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        server.predict("matrix", {"x": np.ones((1, 3, 4), np.float32)})
+        server.predict("hub_text", {"default": np.ones((2,), np.float32)})
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "input 'x' has shape [1, 3, 4]" in err.value.details()
+    assert err.value.details() == "Expected input default to be string but get float."
 
 
 def test_shape_the_graph_rejects_names_inputs(server: ServerProcess) -> None:

@@ -324,3 +324,13 @@ def test_tls_from_ssl_config_file(start_server, model_store: Path, tmp_path: Pat
         assert tf.make_ndarray(stub.Predict(request, timeout=5).outputs["y"])[0, 0] == 3.0
     with pytest.raises(grpc.RpcError):  # plaintext is refused
         server.predict("m", {"x": np.array([[2.0]], np.float32)}, timeout=3)
+
+
+def test_shape_the_graph_rejects_names_every_input(server: ServerProcess) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        server.predict("keras", {"features": np.ones((1, 5), np.float32)})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().endswith("(request inputs: features: float [1,5])")
+    assert output(
+        server.predict("keras", {"features": np.ones((1, 4), np.float32)}), "probabilities"
+    ).shape == (1, 3)

@@ -67,22 +67,12 @@ def _check_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
             f"Expected input {spec.alias} to be {short_dtype_name(spec.dtype)} "
             f"but get {_numpy_type_name(array)}."
         )
-    if spec.shape is not None and not _shape_ok(spec.shape, array.shape):
-        raise invalid_argument(
-            f"input '{spec.alias}' has shape {list(array.shape)}, which is not compatible "
-            f"with the signature's shape {list(spec.shape)}"
-        )
+    # No shape check here: TF Serving's Session::Run checks no fed shape (its
+    # own clients send [1] to a [-1, 1] input, its REST tests send [n, 2]
+    # there, its TF2 test model declares [1] yet serves [n, 1]). When the
+    # graph itself cannot use a shape, the error names every input
+    # (describe_inputs).
     return array
-
-
-def _shape_ok(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
-    # As lenient as TF Serving's Session::Run, which checks no fed shape: its
-    # own clients send [1] to a [-1, 1] input, and its TF2 test model declares
-    # [1] yet serves [n, 1]. Only a same-rank conflict with a dimension the
-    # signature spells out is refused here; anything else is left to the graph.
-    if len(got) != len(expected):
-        return True
-    return all(e < 0 or e == g for e, g in zip(expected, got, strict=True))
 
 
 def _numpy_type_name(array: np.ndarray) -> str:
