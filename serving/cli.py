@@ -3,43 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
-import time
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def setup_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s", "%Y-%m-%d %H:%M:%S"
-            )
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # TensorFlow's Python logger repeats deprecation notes about the TF1 loader.
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 async def _serve(options) -> int:
@@ -56,9 +23,11 @@ async def _serve(options) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    logging.getLogger("serving").info("shutting down: draining in-flight requests")
+    logging.getLogger("serving").info(
+        "shutting down (signal received)", extra={"fields": {"event": "shutdown"}}
+    )
     await server.stop()
-    logging.getLogger("serving").info("stopped")
+    logging.getLogger("serving").info("stopped", extra={"fields": {"event": "stopped"}})
     return 0
 
 
@@ -83,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"TensorFlow ModelServer: {__version__}\nTensorFlow Library: {tf.__version__}")
         return 0
+    from serving.observability.logs import setup_logging
+
     setup_logging(options.log_format, options.log_level)
     from serving.config.model_config import ConfigError
 

@@ -66,6 +66,14 @@ class ServerCore:
                 len(new),
                 f", added {', '.join(added)}" if added else "",
                 f", removed {', '.join(removed)}" if removed else "",
+                extra={
+                    "fields": {
+                        "event": "config_applied",
+                        "models": sorted(new),
+                        "added": added,
+                        "removed": removed,
+                    }
+                },
             )
             return added
 
@@ -132,7 +140,11 @@ class ServerCore:
                 models = load_file(path)
                 self.apply(models)
             except (ConfigError, ServingError) as exc:
-                log.error("config reload failed, keeping the previous config: %s", exc)
+                log.error(
+                    "config reload failed, keeping the previous config: %s",
+                    exc,
+                    extra={"fields": {"event": "config_rejected", "error": str(exc)}},
+                )
             # Remember bad text too, so it is reported once and not every poll.
             self._config_text = text
 

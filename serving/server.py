@@ -19,7 +19,7 @@ from serving.flags import ServerOptions
 from serving.inference.runner import DirectRunner, Runner
 from serving.inference.service import InferenceService
 from serving.manager.manager import ServableManager
-from serving.manager.state import State, Transition
+from serving.observability import MonitoringError, Observability
 from serving.protos import SSLConfig
 from serving.servables.base import Servable
 from serving.servables.loader import load_placed
@@ -96,24 +96,6 @@ def placement_plan(options: ServerOptions, base: SessionOptions) -> PlacementPla
         raise StartupError(str(exc)) from None
 
 
-def log_transition(event: Transition) -> None:
-    where = f" on {event.device}" if event.device else ""
-    if event.state == State.AVAILABLE:
-        log.info(
-            "model %s version %d AVAILABLE%s (loaded in %.3fs)",
-            event.model,
-            event.version,
-            where,
-            event.seconds or 0.0,
-        )
-    elif event.state == State.END and event.error:
-        log.error("model %s version %d failed to load: %s", event.model, event.version, event.error)
-    elif event.state == State.END:
-        log.info("model %s version %d unloaded", event.model, event.version)
-    else:
-        log.info("model %s version %d %s", event.model, event.version, event.state.name)
-
-
 class ModelServer:
     """One process: the manager, the version source, and the API servers."""
 
@@ -125,6 +107,10 @@ class ModelServer:
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         self._session_options = session_options(options)
+        try:
+            self.obs = Observability(options)  # metrics, health, logs, drain
+        except MonitoringError as exc:
+            raise StartupError(str(exc)) from None
         self.placement = placement_plan(options, self._session_options)
         self.placement.eager_setup()
         log.info(
@@ -136,12 +122,12 @@ class ModelServer:
             text_format.MessageToString(self.placement.session_config(), as_one_line=True),
         )
         self.manager = ServableManager(
-            self.load,
+            self.obs.wrap_loader(self.load),
             max_load_retries=options.max_num_load_retries,
             load_retry_interval_s=options.load_retry_interval_micros / 1e6,
             load_threads=options.num_load_threads or 2,
             allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models,
-            on_transition=log_transition,
+            on_transition=self.obs.on_transition,
         )
         self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
         self.core = ServerCore(self.manager, self.source)
@@ -149,13 +135,14 @@ class ModelServer:
             max_workers=options.grpc_max_threads or max(8, 4 * (os.cpu_count() or 1)),
             thread_name_prefix="run",
         )
-        self.runner: Runner = DirectRunner(self.executor)
+        self.runner: Runner = self.obs.wrap_runner(DirectRunner(self.executor))
         self.service = InferenceService(
             self.manager,
             self.runner,
             method_name_check=options.enable_signature_method_name_check,
         )
-        self.observer = None
+        self.obs.bind(lambda: self.core.models, self.manager)
+        self.observer = self.obs.observer
         self._grpc: grpc.aio.Server | None = None
         self.grpc_addresses: list[str] = []
         # The REST server (serving.api.rest.http.HttpServer); others add routes to it.
@@ -184,11 +171,7 @@ class ModelServer:
         self.source.start()
         await self._start_grpc()
         await self._start_rest()
-        log.info(
-            "serving %d model(s): %s",
-            len(self.initial_models.models),
-            ", ".join(f"{m.name} ({m.base_path})" for m in self.initial_models.models),
-        )
+        await self.obs.started(self)
 
     async def _start_grpc(self) -> None:
         opts = self.options
@@ -209,6 +192,7 @@ class ModelServer:
         )
         model = ModelServicer(self.service, self._reload_config, observer=self.observer)
         add_services(server, prediction, model)
+        self.obs.add_grpc_services(server)
         addresses = []
         if opts.port:
             addresses.append(f"0.0.0.0:{opts.port}")
@@ -266,10 +250,7 @@ class ModelServer:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, unload everything."""
         grace = self.options.drain_timeout_seconds
-        if self.http is not None:
-            await self.http.stop(grace)
-        if self._grpc is not None:
-            await self._grpc.stop(grace)
+        await self.obs.drain(self._grpc, grace, http=self.http)
         self.core.stop()
         self.source.stop()
         await asyncio.to_thread(self.manager.shutdown, grace)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -45,28 +46,35 @@ def status_message(message: str) -> str:
 def rpc(api: str) -> Callable[[Handler], Handler]:
     """Turn ServingError into the gRPC status; anything else into INTERNAL.
 
-    Also reports each call's outcome to the service's observer (metrics).
+    Also reports each call to the observer (serving.observability: metrics,
+    in-flight tracking for the drain): `observer.start(api, "grpc", request)`
+    before, `observer.finish(token, code)` after, whatever the outcome.
     """
 
     def wrap(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def call(self, request, context: grpc.aio.ServicerContext):
             observer = self.observer
-            token = observer.start(api, "grpc", request) if observer else None
+            token = None
             code = grpc.StatusCode.OK
             try:
+                if observer:
+                    token = observer.start(api, "grpc", request)
                 return await handler(self, request, context)
             except ServingError as exc:
                 code = exc.code
                 await context.abort(exc.code, status_message(exc.message))
             except grpc.aio.AbortError:
                 raise
+            except asyncio.CancelledError:  # the client went away or the deadline passed
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception as exc:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("%s failed", api)
                 await context.abort(code, status_message(f"{type(exc).__name__}: {exc}"))
             finally:
-                if observer:
+                if token is not None:
                     observer.finish(token, code)
 
         return call

@@ -1,0 +1,237 @@
+"""Metrics, health, probes, logs and the SIGTERM drain, wired into ModelServer.
+
+`Observability` is the one object the server talks to:
+
+    obs = Observability(options)                     # before the manager
+    manager = ServableManager(obs.wrap_loader(load), on_transition=obs.on_transition, ...)
+    runner = obs.wrap_runner(runner)
+    obs.bind(configured_models, manager)             # once the core exists
+    obs.add_grpc_services(grpc_server)               # health + reflection
+    await obs.started(server)                        # probes/metrics over HTTP, start-up line
+    await obs.drain(...)                             # SIGTERM
+
+See docs/observability.md for every metric and endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter as _Tally
+from collections.abc import Callable, Collection
+from typing import Any
+
+import grpc
+from google.protobuf import text_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving.manager.state import State, Transition
+from serving.observability import logs
+from serving.observability import metrics as _metrics
+from serving.observability.health import Health
+from serving.observability.http import DEFAULT_METRICS_PATH, Endpoints
+from serving.observability.observer import ObservedRunner, RequestObserver
+
+log = logging.getLogger("serving")
+
+__all__ = ["MonitoringError", "Observability", "read_monitoring_config"]
+
+# After the last request finished: time to flush responses before cutting streams.
+_FLUSH_SECONDS = 1.0
+
+GRPC_SERVICES = (
+    "tensorflow.serving.PredictionService",
+    "tensorflow.serving.ModelService",
+)
+
+
+class MonitoringError(ValueError):
+    """--monitoring_config_file cannot be read or parsed."""
+
+
+def read_monitoring_config(path: str) -> str | None:
+    """The metrics path the MonitoringConfig file asks for, or None if disabled."""
+    if not path:
+        return None
+    from serving.protos import MonitoringConfig
+
+    config = MonitoringConfig()
+    try:
+        with open(path) as f:
+            text_format.Parse(f.read(), config)
+    except (OSError, text_format.ParseError) as exc:
+        raise MonitoringError(f"{path}: not a valid MonitoringConfig: {exc}") from None
+    prometheus = config.prometheus_config
+    if not prometheus.enable:
+        return None
+    path = prometheus.path or DEFAULT_METRICS_PATH
+    return path if path.startswith("/") else "/" + path
+
+
+class Observability:
+    def __init__(self, options: Any) -> None:
+        self.options = options
+        self.metrics = _metrics.get()
+        enabled = read_monitoring_config(options.monitoring_config_file)
+        # TF Serving serves the page on the REST port only.
+        self.metrics_path = enabled if options.rest_api_port else None
+        self._models_source: Callable[[], Any] | None = None
+        self._models_seen: Any = None
+        self._names: frozenset[str] = frozenset()
+        self._manager: Any = None
+        self.observer = RequestObserver(self.metrics, self.configured_models)
+        self.health = Health(self.configured_models, self._has_available)
+        self.endpoints = Endpoints(self.health, self.metrics, self.metrics_path)
+
+    # ----------------------------------------------------------------- wiring
+
+    def bind(self, models: Callable[[], Any], manager: Any) -> None:
+        """`models()` returns the current ServerModels; `manager` the ServableManager."""
+        self._models_source = models
+        self._manager = manager
+        self.metrics.set_version_states(self._version_states)
+
+    def configured_models(self) -> Collection[str]:
+        """Names in the current model config (cached per config object)."""
+        if self._models_source is None:
+            return self._names
+        current = self._models_source()
+        if current is not self._models_seen:
+            self._names = frozenset(m.name for m in current.models)
+            self._models_seen = current
+        return self._names
+
+    def _has_available(self, name: str) -> bool:
+        return bool(self._manager is not None and self._manager.available_versions(name))
+
+    def _version_states(self):
+        manager = self._manager
+        if manager is None:
+            return []
+        rows = []
+        for name in manager.model_names():
+            try:
+                statuses = manager.status(name)
+            except Exception:  # a model with no versions yet
+                continue
+            tally = _Tally(s.state.name for s in statuses)
+            rows.extend((name, state, count) for state, count in sorted(tally.items()))
+        return rows
+
+    def wrap_loader(self, loader: Callable[[str, int, str], Any]) -> Callable[[str, int, str], Any]:
+        """Time every load attempt (retries too), as TF's loader metrics do."""
+
+        def load(name: str, version: int, path: str):
+            started = time.monotonic()
+            try:
+                servable = loader(name, version, path)
+            except BaseException:
+                self.metrics.observe_load(name, path, time.monotonic() - started, ok=False)
+                raise
+            self.metrics.observe_load(name, path, time.monotonic() - started, ok=True)
+            return servable
+
+        return load
+
+    def wrap_runner(self, runner: Any) -> ObservedRunner:
+        return ObservedRunner(runner, self.metrics)
+
+    def on_transition(self, event: Transition) -> None:
+        """Manager listener: log line, unload count, health refresh."""
+        logs.log_transition(event)
+        if event.state == State.END and not event.error and event.seconds is not None:
+            self.metrics.observe_unload(event.model)
+        self.health.changed()
+
+    def add_grpc_services(self, server: grpc.aio.Server) -> None:
+        """grpc.health.v1.Health and server reflection (`grpcurl list`)."""
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.grpc_servicer(), server)
+        names = (
+            *GRPC_SERVICES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def started(self, server: Any) -> None:
+        """After the APIs are up: HTTP routes, start-up line, readiness tracking."""
+        opts = self.options
+        http = getattr(server, "http", None)
+        if http is not None:
+            self.mount(http)
+        batching = "off"
+        if getattr(opts, "enable_batching", False):
+            batching = "on" + (
+                f" ({opts.batching_parameters_file})" if opts.batching_parameters_file else ""
+            )
+        models = [(m.name, m.base_path) for m in server.core.models.models]
+        logs.log_startup(
+            grpc_addresses=server.grpc_addresses,
+            rest_port=opts.rest_api_port,
+            models=models,
+            devices=logs.visible_devices(),
+            batching=batching,
+            metrics_path=self.metrics_path,
+        )
+        self.health.mark_started()
+
+    def mount(self, http: Any) -> None:
+        """Add the probes and the metrics page to the REST server (`add_route`)."""
+        from serving.api.rest.http import Response
+
+        for path, endpoint in self.endpoints.routes().items():
+
+            async def handler(request, endpoint=endpoint):
+                answer = endpoint()
+                return Response(answer.status, answer.body, answer.content_type)
+
+            http.add_route("GET", path, handler)
+
+    async def drain(
+        self, grpc_server: grpc.aio.Server | None, grace: float, http: Any = None
+    ) -> bool:
+        """SIGTERM: NOT_SERVING, stop accepting, let in-flight requests finish.
+
+        gRPC stops accepting at once (new RPCs: UNAVAILABLE). The REST port
+        stays open until the end so probes can read the 503, but new API
+        requests are refused with 503 UNAVAILABLE (see RequestObserver.start).
+        Returns True if every in-flight request finished within `grace` seconds.
+        """
+        inflight = self.observer.inflight
+        log.info(
+            "draining: NOT_SERVING, %d request(s) in flight, waiting up to %.0fs",
+            inflight,
+            grace,
+            extra={"fields": {"event": "drain", "inflight": inflight, "timeout": grace}},
+        )
+        self.observer.draining = True
+        await self.health.drain()
+        stopping = None
+        if grpc_server is not None:
+            # Rejects new RPCs at once, then waits for running ones. Open health
+            # Watch streams would hold it for the whole grace period, so once our
+            # own requests are done it gets a moment to send their responses and
+            # is then cut short.
+            stopping = asyncio.ensure_future(grpc_server.stop(grace))
+        started = time.monotonic()
+        finished = await self.observer.wait_idle(grace)
+        if stopping is not None:
+            await asyncio.wait({stopping}, timeout=_FLUSH_SECONDS)
+            if not stopping.done():
+                await grpc_server.stop(0)
+            await stopping
+        if http is not None:
+            await http.stop(_FLUSH_SECONDS)
+        left = self.observer.inflight
+        log.log(
+            logging.INFO if finished else logging.WARNING,
+            "drained in %.2fs%s",
+            time.monotonic() - started,
+            "" if finished else f"; {left} request(s) still running were cancelled",
+            extra={"fields": {"event": "drained", "complete": finished, "cancelled": left}},
+        )
+        return finished

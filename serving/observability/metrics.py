@@ -1,0 +1,309 @@
+"""Every metric the server exports, and the functions that record them.
+
+Two families live on one page:
+- `model_server_*`: this server's own metrics (prometheus-client), labelled
+  by model, version, signature, API, protocol and status code;
+- TF Serving's names (`:tensorflow:serving:*`, `:tensorflow:cc:saved_model:*`)
+  with TF Serving's labels, units (microseconds) and buckets, written by
+  `tfs.py`, so existing dashboards and the HPA rule keep working.
+
+Label values only ever come from configured model names and from loaded
+models' versions and signatures (the request observer validates the name
+first), never from raw client input.
+
+Batching hooks (called by the batching layer; cheap, thread-safe):
+    observe_batch(model, signature, size, padded_size=None)
+    observe_queue_wait(model, signature, seconds, thread_pool_name=...)
+    set_queue_depth(model, signature, depth)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+
+from serving.observability.tfs import TfsRegistry, exponential_buckets
+
+# `_created` series double the page for no dashboard's benefit.
+prometheus_client.disable_created_metrics()
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds; from a tiny model's ~100 us call up to a minute-long request.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+# TF Serving's API label values for request_count/request_latency.
+TFS_API = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
+DEFAULT_BATCH_THREAD_POOL = "model_server_batch_threads"
+
+
+class Children:
+    """`metric.labels(*values)` memoised: prometheus-client validates on every call."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], object] = {}
+
+    def __call__(self, *values: str):
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self._metric.labels(*values)
+        return child
+
+
+class Metrics:
+    """One registry per process; `page()` renders both families."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        prometheus_client.ProcessCollector(registry=reg)
+        prometheus_client.PlatformCollector(registry=reg)
+        prometheus_client.GCCollector(registry=reg)
+
+        # ------------------------------------------------------------ requests
+        self.requests = Counter(
+            "model_server_requests",
+            "Requests handled, by model, version, signature, API, protocol and status code.",
+            ["model", "version", "signature", "api", "protocol", "code"],
+            registry=reg,
+        )
+        self.request_duration = Histogram(
+            "model_server_request_duration_seconds",
+            "End-to-end latency of successful requests (decode, queue, run, encode).",
+            ["model", "api", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.run_duration = Histogram(
+            "model_server_model_run_duration_seconds",
+            "Time in the model alone (the runner call, batching queue included), successful runs.",
+            ["model", "version", "signature"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.inflight = Gauge(
+            "model_server_inflight_requests",
+            "Requests being handled now.",
+            ["protocol"],
+            registry=reg,
+        )
+        self.unknown_model = Counter(
+            "model_server_unknown_model_requests",
+            "Requests naming a model that is not configured (not labelled by that name).",
+            ["protocol"],
+            registry=reg,
+        )
+        for protocol in ("grpc", "rest"):
+            self.inflight.labels(protocol)
+            self.unknown_model.labels(protocol)
+
+        # -------------------------------------------------------------- models
+        self.loads = Counter(
+            "model_server_model_load_attempts",
+            "Model version load attempts (retries included), by outcome: success or failure.",
+            ["model", "outcome"],
+            registry=reg,
+        )
+        self.load_duration = Histogram(
+            "model_server_model_load_duration_seconds",
+            "Time to load one model version (successful loads).",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=reg,
+        )
+        self.unloads = Counter(
+            "model_server_model_unloads",
+            "Model versions unloaded.",
+            ["model"],
+            registry=reg,
+        )
+
+        # ------------------------------------------------------------ batching
+        self.batch_size = Histogram(
+            "model_server_batch_size",
+            "Rows in each batch the batching layer ran (before padding).",
+            ["model", "signature"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=reg,
+        )
+        self.batch_padding = Counter(
+            "model_server_batch_padding_rows",
+            "Rows of padding added to reach an allowed batch size.",
+            ["model", "signature"],
+            registry=reg,
+        )
+        self.queue_wait = Histogram(
+            "model_server_batch_queue_wait_seconds",
+            "Time a request waited in a batching queue before its batch started.",
+            ["model", "signature"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.queue_depth = Gauge(
+            "model_server_batch_queue_depth",
+            "Requests waiting in a batching queue now.",
+            ["model", "signature"],
+            registry=reg,
+        )
+
+        # ----------------------------------------------------- TF Serving names
+        self.tfs = TfsRegistry()
+        us = exponential_buckets(10, 1.8, 33)
+        self.tfs_request_count = self.tfs.counter(
+            ":tensorflow:serving:request_count", ["model_name", "status"]
+        )
+        self.tfs_request_latency = self.tfs.histogram(
+            ":tensorflow:serving:request_latency", ["model_name", "API", "entrypoint"], us
+        )
+        self.tfs_runtime_latency = self.tfs.histogram(
+            ":tensorflow:serving:runtime_latency", ["model_name", "API", "runtime"], us
+        )
+        self.tfs_example_counts = self.tfs.histogram(
+            ":tensorflow:serving:request_example_counts",
+            ["model"],
+            exponential_buckets(1, 2, 15),
+        )
+        self.tfs_example_total = self.tfs.counter(
+            ":tensorflow:serving:request_example_count_total", ["model"]
+        )
+        self.tfs_load_attempts = self.tfs.counter(
+            ":tensorflow:cc:saved_model:load_attempt_count", ["model_path", "status"]
+        )
+        self.tfs_load_latency = self.tfs.counter(
+            ":tensorflow:cc:saved_model:load_latency", ["model_path"]
+        )
+        self.tfs_queuing_latency = self.tfs.histogram(
+            ":tensorflow:serving:batching_session:queuing_latency",
+            ["thread_pool_name"],
+            exponential_buckets(100, 1.2, 52),
+        )
+        self.tfs_wrapped_runs = self.tfs.counter(
+            ":tensorflow:serving:batching_session:wrapped_run_count", []
+        )
+
+        # Hot-path accessors (label values → child).
+        self.c_requests = Children(self.requests)
+        self.c_request_duration = Children(self.request_duration)
+        self.c_run_duration = Children(self.run_duration)
+        self.c_inflight = Children(self.inflight)
+        self.c_unknown_model = Children(self.unknown_model)
+        self.c_batch_size = Children(self.batch_size)
+        self.c_queue_wait = Children(self.queue_wait)
+        self.c_queue_depth = Children(self.queue_depth)
+
+        self._state_source: Callable[[], Iterable[tuple[str, str, int]]] | None = None
+        reg.register(_VersionStates(self))
+
+    def set_version_states(self, source: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        """Where `model_server_model_versions` reads (model, state, count) at scrape time."""
+        self._state_source = source
+
+    def page(self) -> bytes:
+        """The whole Prometheus text page: our metrics, then TF Serving's."""
+        return generate_latest(self.registry) + self.tfs.render().encode()
+
+    # ----------------------------------------------------------- model loads
+
+    def observe_load(self, model: str, path: str, seconds: float, ok: bool) -> None:
+        self.loads.labels(model, "success" if ok else "failure").inc()
+        self.tfs_load_attempts.inc((path, "success" if ok else "fail"))
+        if ok:
+            self.load_duration.labels(model).observe(seconds)
+            self.tfs_load_latency.inc((path,), int(seconds * 1e6))
+
+    def observe_unload(self, model: str) -> None:
+        self.unloads.labels(model).inc()
+
+
+class _VersionStates:
+    """`model_server_model_versions{model,state}`, read from the manager when scraped."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self):
+        return [GaugeMetricFamily("model_server_model_versions", "")]
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "model_server_model_versions",
+            "Model versions the manager knows, by state (LOADING, AVAILABLE, UNLOADING, END...).",
+            labels=["model", "state"],
+        )
+        source = self._metrics._state_source
+        if source is not None:
+            for model, state, count in source():
+                family.add_metric([model, state], count)
+        yield family
+
+
+_lock = threading.Lock()
+_metrics: Metrics | None = None
+
+
+def get() -> Metrics:
+    """The process's metrics (created on first use)."""
+    global _metrics
+    if _metrics is None:
+        with _lock:
+            if _metrics is None:
+                _metrics = Metrics()
+    return _metrics
+
+
+# ----------------------------------------------------------- batching hooks
+
+
+def observe_batch(model: str, signature: str, size: int, padded_size: int | None = None) -> None:
+    """One batch was run: `size` real rows, padded to `padded_size` (if padded)."""
+    m = get()
+    m.c_batch_size(model, signature).observe(size)
+    if padded_size is not None and padded_size > size:
+        m.batch_padding.labels(model, signature).inc(padded_size - size)
+    m.tfs_wrapped_runs.inc(())
+
+
+def observe_queue_wait(
+    model: str,
+    signature: str,
+    seconds: float,
+    thread_pool_name: str = DEFAULT_BATCH_THREAD_POOL,
+) -> None:
+    """A request left the queue after `seconds` (call once per request)."""
+    m = get()
+    m.c_queue_wait(model, signature).observe(seconds)
+    m.tfs_queuing_latency.observe((thread_pool_name,), seconds * 1e6)
+
+
+def set_queue_depth(model: str, signature: str, depth: int) -> None:
+    """Requests now waiting in the (model, signature) queue."""
+    get().c_queue_depth(model, signature).set(depth)
