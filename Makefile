@@ -9,7 +9,7 @@ MODELS ?= $(CURDIR)/models
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 
-.PHONY: install install-test serve models test lint bench clean
+.PHONY: install install-test loadtools serve models test lint bench clean
 
 install: $(STAMP)
 
@@ -33,15 +33,21 @@ serve: models
 	    --model_config_file=$(MODELS)/models.config \
 	    --model_config_file_poll_wait_seconds=10
 
-test: install-test
+# wrk (REST) and h2load (gRPC) drive `make bench` and its quick mode in `make test`.
+SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
+loadtools:
+	@command -v wrk >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || \
+	    { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk nghttp2-client; }
+
+test: install-test loadtools
 	$(BIN)/python -m pytest -q
 
 lint: install-test
 	$(BIN)/ruff check serving tests loadtests
 	$(BIN)/ruff format --check serving tests loadtests
 
-bench: install-test
-	$(BIN)/python -m loadtests
+bench: install-test loadtools
+	$(BIN)/python -m loadtests $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) models serving/_generated .pytest_cache
