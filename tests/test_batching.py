@@ -37,9 +37,13 @@ PER_MODEL = {
         "max_batch_size { value: 2 } batch_timeout_micros { value: 1000000 } "
         "max_enqueued_batches { value: 1 }"
     ),
+    # Room for the split test's worst case (16 clients x 11 rows in batches of
+    # 8): TF's default of 10 queued batches can fill on a slow machine, and a
+    # full queue rightly answers UNAVAILABLE.
     "split": (
         "max_batch_size { value: 64 } enable_large_batch_splitting { value: true } "
-        "max_execution_batch_size { value: 8 } allowed_batch_sizes: 4 allowed_batch_sizes: 8"
+        "max_execution_batch_size { value: 8 } allowed_batch_sizes: 4 allowed_batch_sizes: 8 "
+        "max_enqueued_batches { value: 100 }"
     ),
     # Invalid: the last allowed size must equal max_batch_size.
     "badparams": "max_batch_size { value: 8 } allowed_batch_sizes: 4",
