@@ -14,13 +14,14 @@ from tensorflow.core.protobuf import config_pb2
 from serving.api.grpc.services import ModelServicer, PredictionServicer, add_services
 from serving.batching import BatchingConfigError, BatchingRunner, runner_from_flags
 from serving.config.model_config import ConfigError, ServerModels, load_file, single_model
+from serving.config.text_proto import TextProtoError, read_text_proto
 from serving.core import ServerCore
 from serving.devices import DeviceConfigError, HostDevices, PlacementPlan, load_device_config
 from serving.flags import ServerOptions
 from serving.inference.runner import DirectRunner, Runner
 from serving.inference.service import InferenceService
 from serving.manager.manager import ServableManager
-from serving.observability import MonitoringError, Observability
+from serving.observability import Observability
 from serving.protos import SSLConfig
 from serving.servables.base import LoadError, Servable
 from serving.servables.loader import load_placed
@@ -71,12 +72,9 @@ def session_options(options: ServerOptions) -> SessionOptions:
     base = config_pb2.ConfigProto()
     if options.tensorflow_session_config_file:
         try:
-            with open(options.tensorflow_session_config_file) as f:
-                text_format.Parse(f.read(), base)
-        except (OSError, text_format.ParseError) as exc:
-            raise StartupError(
-                f"{options.tensorflow_session_config_file}: not a valid ConfigProto: {exc}"
-            ) from None
+            read_text_proto(options.tensorflow_session_config_file, base)
+        except TextProtoError as exc:
+            raise StartupError(str(exc)) from None
     return SessionOptions(
         tags=options.tags,
         intra_op_threads=options.intra_op_threads,
@@ -110,7 +108,7 @@ class ModelServer:
         self._session_options = session_options(options)
         try:
             self.obs = Observability(options)  # metrics, health, logs, drain
-        except MonitoringError as exc:
+        except TextProtoError as exc:
             raise StartupError(str(exc)) from None
         self.placement = placement_plan(options, self._session_options)
         self.placement.eager_setup()
@@ -241,12 +239,10 @@ class ModelServer:
         path = self.options.ssl_config_file
         if not path:
             return None
-        config = SSLConfig()
         try:
-            with open(path) as f:
-                text_format.Parse(f.read(), config)
-        except (OSError, text_format.ParseError) as exc:
-            raise StartupError(f"{path}: not a valid SSLConfig text proto: {exc}") from None
+            config = read_text_proto(path, SSLConfig())
+        except TextProtoError as exc:
+            raise StartupError(str(exc)) from None
         if not config.server_key or not config.server_cert:
             raise StartupError(f"{path}: server_key and server_cert are required")
         return grpc.ssl_server_credentials(

@@ -23,10 +23,10 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import grpc
-from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving.config.text_proto import read_text_proto
 from serving.manager.state import State, Transition
 from serving.observability import logs
 from serving.observability import metrics as _metrics
@@ -36,7 +36,7 @@ from serving.observability.observer import ObservedRunner, RequestObserver
 
 log = logging.getLogger("serving")
 
-__all__ = ["MonitoringError", "Observability", "read_monitoring_config"]
+__all__ = ["Observability", "read_monitoring_config"]
 
 # After the last request finished: time to flush responses before cutting streams.
 _FLUSH_SECONDS = 1.0
@@ -47,22 +47,13 @@ GRPC_SERVICES = (
 )
 
 
-class MonitoringError(ValueError):
-    """--monitoring_config_file cannot be read or parsed."""
-
-
 def read_monitoring_config(path: str) -> str | None:
     """The metrics path the MonitoringConfig file asks for, or None if disabled."""
     if not path:
         return None
     from serving.protos import MonitoringConfig
 
-    config = MonitoringConfig()
-    try:
-        with open(path) as f:
-            text_format.Parse(f.read(), config)
-    except (OSError, text_format.ParseError) as exc:
-        raise MonitoringError(f"{path}: not a valid MonitoringConfig: {exc}") from None
+    config = read_text_proto(path, MonitoringConfig())  # TextProtoError names the file
     prometheus = config.prometheus_config
     if not prometheus.enable:
         return None
