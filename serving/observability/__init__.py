@@ -200,7 +200,6 @@ class Observability:
             extra={"fields": {"event": "drain", "inflight": inflight, "timeout": grace}},
         )
         self.observer.draining = True
-        await self.health.drain()
         stopping = None
         if grpc_server is not None:
             # Rejects new RPCs at once, then waits for running ones. Open health
@@ -208,6 +207,11 @@ class Observability:
             # own requests are done it gets a moment to send their responses and
             # is then cut short.
             stopping = asyncio.ensure_future(grpc_server.stop(grace))
+            # Let stop() send GOAWAY before health says NOT_SERVING: a client that
+            # reacts to NOT_SERVING then meets a closed listener (UNAVAILABLE,
+            # retryable) rather than racing the shutdown into a CANCELLED call.
+            await asyncio.sleep(0)
+        await self.health.drain()
         started = time.monotonic()
         finished = await self.observer.wait_idle(grace)
         if stopping is not None:
