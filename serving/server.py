@@ -20,6 +20,7 @@ from serving.devices import DeviceConfigError, HostDevices, PlacementPlan, load_
 from serving.flags import ServerOptions
 from serving.inference.runner import DirectRunner, Runner
 from serving.inference.service import InferenceService
+from serving.manager.heap import HeapFreezer
 from serving.manager.manager import ServableManager
 from serving.observability import Observability
 from serving.protos import SSLConfig
@@ -128,6 +129,8 @@ class ModelServer:
             allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models,
             on_transition=self.obs.on_transition,
         )
+        self.heap = HeapFreezer()  # keeps full GC pauses off the request path
+        self.manager.add_listener(self.heap)
         self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
         self.core = ServerCore(self.manager, self.source)
         self.executor = ThreadPoolExecutor(
@@ -264,6 +267,7 @@ class ModelServer:
         await self.obs.drain(self._grpc, grace, http=self.http)
         self.core.stop()
         self.source.stop()
+        self.heap.close()  # the process is ending: no reclaim per unload
         await asyncio.to_thread(self.manager.shutdown, grace)
         if self.batching is not None:
             self.batching.close()

@@ -223,3 +223,51 @@ def test_unaspired_version_still_loading_is_dropped(make_manager, loader) -> Non
     wait(m, lambda: m.available_versions("m") == [2], "v2 serves")
     loader.gates[1].set()
     wait(m, lambda: states(m).get(1) == State.END, "v1 loaded late, then unloaded")
+
+
+class CyclicServable(FakeServable):
+    """Like a TF graph: only the cyclic collector can free it."""
+
+    def __init__(self, name: str, version: int, path: str) -> None:
+        super().__init__(name, version, path)
+        self.me = self
+
+
+def test_heap_is_frozen_after_loads_and_reclaimed_after_unloads() -> None:
+    import gc
+    import weakref
+
+    from serving.manager.heap import HeapFreezer
+
+    refs: dict[int, weakref.ref] = {}
+
+    def load(name: str, version: int, path: str) -> CyclicServable:
+        servable = CyclicServable(name, version, path)
+        refs[version] = weakref.ref(servable)
+        return servable
+
+    heap = HeapFreezer(settle_s=0.05)
+    m = ServableManager(load, on_transition=heap)
+    try:
+        m.set_aspired_versions("m", {1: "/m/1"})
+        wait(m, lambda: m.available_versions("m") == [1], "v1")
+        assert gc.get_freeze_count() > 0  # the loaded version is out of the collector's way
+        garbage = CyclicServable("g", 0, "")
+        dropped = weakref.ref(garbage)
+        gc.freeze()  # as the next load would
+        del garbage
+        gc.collect()
+        assert dropped() is not None  # frozen cycles wait for a reclaim
+
+        m.set_aspired_versions("m", {2: "/m/2"})
+        wait(m, lambda: states(m) == {2: State.AVAILABLE, 1: State.END}, "v1 swapped for v2")
+        deadline = time.monotonic() + 5
+        while heap.reclaims == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert refs[1]() is None, "the unloaded version was never collected"
+        assert dropped() is None
+        assert refs[2]() is not None
+    finally:
+        heap.close()
+        m.shutdown(drain_timeout=1)
+        gc.unfreeze()
