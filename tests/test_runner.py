@@ -34,7 +34,7 @@ def test_fast_calls_go_inline_and_slow_ones_back_to_the_pool() -> None:
         x = {"x": np.zeros(4)}
         for _ in range(3):
             await runner.run(servable, SIG, x, ["y"])
-        servable.delay = 0.05  # the model got slow: one inline call, then the pool
+        servable.delay = 0.1  # the model got slow (over 8x the bar): one inline call, then the pool
         for _ in range(3):
             await runner.run(servable, SIG, x, ["y"])
         await runner.run(servable, SIG, {"x": np.zeros(10_000)}, ["y"])  # large: pool
@@ -46,6 +46,24 @@ def test_fast_calls_go_inline_and_slow_ones_back_to_the_pool() -> None:
     assert threads[1:4] == [main, main, main]  # measured fast: inline
     assert threads[4].startswith("pool") and threads[5].startswith("pool")
     assert threads[6].startswith("pool")
+
+
+def test_a_fast_signature_stays_inline_through_slow_runs() -> None:
+    """Runs slowed by waiting for the GIL (under 8x the bar) must not evict it."""
+
+    async def scenario() -> list[str]:
+        runner = DirectRunner(ThreadPoolExecutor(2, thread_name_prefix="pool"), inline_below_s=0.01)
+        servable = SleepyServable()
+        x = {"x": np.zeros(4)}
+        for delay in (0.0, 0.0, 0.03, 0.0, 0.05, 0.03, 0.0):
+            servable.delay = delay
+            await runner.run(servable, SIG, x, ["y"])
+        return servable.threads
+
+    threads = asyncio.run(scenario())
+    main = threading.current_thread().name
+    assert threads[0].startswith("pool")
+    assert threads[1:] == [main] * 6
 
 
 def test_tuned_callable_keeps_the_faster_mode() -> None:

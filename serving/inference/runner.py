@@ -4,10 +4,13 @@
 while it computes). A call that reliably takes a few tens of microseconds
 (half_plus_two takes ~40 µs) costs more in the two thread hand-offs than in
 TensorFlow, so such calls run inline on the event loop: each (servable,
-signature) keeps a moving average of its run time, and only signatures under
-`inline_below_s` with small inputs run inline. One slow call lifts the
-average and sends the next ones back to the pool, so a heavy model never
-holds the loop for more than one call.
+signature) keeps its recent run times, and only signatures whose fastest
+recent run is under `inline_below_s`, with small inputs, run inline. The
+minimum, not an average: under load a pool thread's wall time includes its
+wait for the GIL, and an average of those waits once sent half_plus_two to
+the pool for good at 64 connections, which made the waits worse (gRPC c64
+throughput halved). A call over `evict_factor` times the threshold forgets
+the fast runs, so a model that turns heavy holds the loop for one call only.
 
 The batching layer provides another Runner that merges concurrent calls; the
 inference code does not care which one it has.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Protocol
@@ -45,14 +49,16 @@ class DirectRunner:
         *,
         inline_below_s: float = 150e-6,
         inline_max_elements: int = 4096,
-        smoothing: float = 0.2,
+        window: int = 16,
+        evict_factor: float = 8.0,
     ) -> None:
         self._executor = executor
         self._inline_below = inline_below_s
         self._inline_max_elements = inline_max_elements
-        self._alpha = smoothing
-        # servable → signature key → moving average of run seconds.
-        self._costs: weakref.WeakKeyDictionary[Servable, dict[str, float]] = (
+        self._window = window
+        self._evict_above = inline_below_s * evict_factor
+        # servable → signature key → recent run seconds (newest last).
+        self._runs: weakref.WeakKeyDictionary[Servable, dict[str, deque[float]]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -63,14 +69,21 @@ class DirectRunner:
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str],
     ) -> dict[str, np.ndarray]:
-        costs = self._costs.setdefault(servable, {})
-        cost = costs.get(signature.key)
-        small = sum(a.size for a in inputs.values()) <= self._inline_max_elements
-        if cost is not None and cost < self._inline_below and small:
-            return self._timed(servable, signature, inputs, outputs, costs)
+        per_signature = self._runs.get(servable)
+        if per_signature is None:
+            per_signature = self._runs.setdefault(servable, {})
+        runs = per_signature.get(signature.key)
+        if runs is None:
+            runs = per_signature.setdefault(signature.key, deque(maxlen=self._window))
+        if (
+            runs
+            and min(runs) < self._inline_below
+            and sum(a.size for a in inputs.values()) <= self._inline_max_elements
+        ):
+            return self._timed(servable, signature, inputs, outputs, runs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, self._timed, servable, signature, inputs, outputs, costs
+            self._executor, self._timed, servable, signature, inputs, outputs, runs
         )
 
     def _timed(
@@ -79,14 +92,13 @@ class DirectRunner:
         signature: Signature,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str],
-        costs: dict[str, float],
+        runs: deque[float],
     ) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         try:
             return servable.run(signature, inputs, outputs)
         finally:
             took = time.perf_counter() - started
-            previous = costs.get(signature.key)
-            costs[signature.key] = (
-                took if previous is None else previous + self._alpha * (took - previous)
-            )
+            if took > self._evict_above:
+                runs.clear()  # heavy now: the pool until fast runs come back
+            runs.append(took)
