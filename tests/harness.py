@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -154,6 +154,21 @@ class ServerProcess:
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         request.output_filter.extend(output_filter)
         return self.predict_stub.Predict(request, timeout=timeout)
+
+    @contextlib.contextmanager
+    def running(
+        self, *models: str, versions: Mapping[str, Iterable[int]] | None = None
+    ) -> Iterator[ServerProcess]:
+        """Up, with `models` (and `versions`' exact versions) AVAILABLE; stopped after."""
+        try:
+            self.wait_serving()
+            for name in models:
+                self.wait_available(name)
+            for name, numbers in (versions or {}).items():
+                self.wait_available(name, numbers)
+            yield self
+        finally:
+            self.stop()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:

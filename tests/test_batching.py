@@ -84,14 +84,8 @@ def server(testdata: Path, tmp_path_factory) -> ServerProcess:
         "--max_num_load_retries=0",
         log_dir=root,
     )
-    try:
-        proc.wait_serving()
-        for name in models:
-            if name != "badparams":
-                proc.wait_available(name)
+    with proc.running(*(name for name in models if name != "badparams")):
         yield proc
-    finally:
-        proc.stop()
 
 
 def _hp2(server: ServerProcess, model: str, x: np.ndarray, **kw) -> np.ndarray:

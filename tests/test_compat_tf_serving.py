@@ -46,14 +46,8 @@ def server(testdata: Path, tmp_path_factory) -> ServerProcess:
     config = tmp / "models.config"
     config.write_text("model_config_list {\n" + "\n".join(entries) + "\n}\n")
     proc = ServerProcess(f"--model_config_file={config}", "--max_num_load_retries=0", log_dir=tmp)
-    try:
-        proc.wait_serving()
-        for name in MODELS:
-            if name != "bad":
-                proc.wait_available(name)
+    with proc.running(*(name for name in MODELS if name != "bad")):
         yield proc
-    finally:
-        proc.stop()
 
 
 def predict_y(server: ServerProcess, model: str, x, **kwargs) -> np.ndarray:

@@ -52,13 +52,8 @@ def server(model_store: Path, testdata: Path, tmp_path_factory):
         log_dir=tmp,
         env={"TF_CPP_MIN_LOG_LEVEL": "0"},  # TF's placement log is INFO
     )
-    try:
-        server.wait_serving()
-        for name in bases:
-            server.wait_available(name)
+    with server.running(*bases):
         yield server
-    finally:
-        server.stop()
 
 
 def placed(logs: str, node: str) -> set[str]:

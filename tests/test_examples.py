@@ -15,14 +15,8 @@ def server(tmp_path_factory) -> ServerProcess:
     root = examples.write_all(tmp_path_factory.mktemp("examples") / "models")
     assert examples.write_all(root) == root  # idempotent: a second `make serve` rewrites nothing
     proc = ServerProcess(f"--model_config_file={root / 'models.config'}", log_dir=root)
-    try:
-        proc.wait_serving()
-        proc.wait_available("half_plus_two", {1, 2})
-        proc.wait_available("keras_classifier")
-        proc.wait_available("text_embedding")
+    with proc.running("keras_classifier", "text_embedding", versions={"half_plus_two": {1, 2}}):
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_grpc_examples(server: ServerProcess) -> None:

@@ -45,13 +45,8 @@ def server(model_store: Path, tmp_path_factory) -> ServerProcess:
         log_dir=tmp,
     )
     proc.socket_path = socket_path
-    try:
-        proc.wait_serving()
-        for name in models:
-            proc.wait_available(name)
+    with proc.running(*models):
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_tf2_keras_model_matches_in_process(server: ServerProcess) -> None:

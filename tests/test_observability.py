@@ -159,12 +159,8 @@ def server(tmp_path_factory):
         log_dir=root,
     )
     proc.root = root
-    try:
-        proc.wait_serving()
-        proc.wait_available("hp2")
+    with proc.running("hp2"):
         yield proc
-    finally:
-        proc.stop()
 
 
 def install_slow(server: ServerProcess) -> None:

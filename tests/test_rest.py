@@ -58,14 +58,8 @@ model_config_list {{
     proc = ServerProcess(
         f"--model_config_file={config}", "--max_request_bytes=8000000", log_dir=log_dir
     )
-    try:
-        proc.wait_serving()
-        for name in ("default", "hub", "multi", "counter"):
-            proc.wait_available(name)
-        proc.wait_available("hp", {1, 2, 3})
+    with proc.running("default", "hub", "multi", "counter", versions={"hp": {1, 2, 3}}):
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -694,9 +688,7 @@ def test_timeout_cors_and_small_limit(tmp_path, testdata: Path) -> None:
         log_dir=tmp_path,
         rest_port=free_port(),
     )
-    try:
-        proc.wait_serving()
-        proc.wait_available("default")
+    with proc.running("default"):
         wait_for(
             lambda: requests.get(proc.rest_url + "/nothing", timeout=5).status_code == 404,
             30,
@@ -716,5 +708,3 @@ def test_timeout_cors_and_small_limit(tmp_path, testdata: Path) -> None:
         # Still serving, over gRPC too.
         reply = proc.predict("default", {"x": np.array([[1.0]], np.float32)})
         assert output(reply, "y").tolist() == [[2.5]]
-    finally:
-        proc.stop()
