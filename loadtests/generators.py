@@ -24,6 +24,8 @@ from pydantic import BaseModel
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "lua" / "post.lua"
 PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
+# A unary gRPC call as h2load sends it: these headers and a pre-framed body.
+H2LOAD_GRPC = ["-H", "content-type: application/grpc", "-H", "te: trailers", "-d"]
 TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client"}  # binary → Debian package
 
 
@@ -88,11 +90,7 @@ def h2load_grpc(
         "-t1",
         f"-c{clients}",
         f"-m{streams}",
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        "-d",
+        *H2LOAD_GRPC,
         str(body),
     ]
     target = url.rstrip("/") + PREDICT_PATH
@@ -110,11 +108,7 @@ def h2load_count(url: str, body: Path, requests: int, frame_bytes: int) -> LoadR
         "-t1",
         f"-n{requests}",
         f"-c{min(requests, 4)}",
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        "-d",
+        *H2LOAD_GRPC,
         str(body),
         url.rstrip("/") + PREDICT_PATH,
     ]
