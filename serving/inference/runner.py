@@ -6,11 +6,11 @@ while it computes). A call that reliably takes a few tens of microseconds
 TensorFlow, so such calls run inline on the event loop: each (servable,
 signature) keeps its recent run times, and only signatures whose fastest
 recent run is under `inline_below_s`, with small inputs, run inline. The
-minimum, not an average: under load a pool thread's wall time includes its
-wait for the GIL, and an average of those waits once sent half_plus_two to
-the pool for good at 64 connections, which made the waits worse (gRPC c64
-throughput halved). A call over `evict_factor` times the threshold forgets
-the fast runs, so a model that turns heavy holds the loop for one call only.
+minimum, not an average: under load a call's wall time includes its wait for
+the GIL, which says nothing about the signature, and an average of such waits
+could keep a 12 µs signature on the pool. A call over `evict_factor` times the
+threshold forgets the fast runs, so a model that turns heavy holds the loop
+for one call only.
 
 The batching layer provides another Runner that merges concurrent calls; the
 inference code does not care which one it has.
