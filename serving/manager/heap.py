@@ -46,8 +46,8 @@ class HeapFreezer:
     def __call__(self, event: Transition) -> None:
         if event.state == State.AVAILABLE:
             gc.freeze()
-        elif event.state == State.END and event.seconds is not None and not event.error:
-            self._wanted.set()  # an unload finished
+        elif event.unload_finished:
+            self._wanted.set()
 
     def close(self) -> None:
         self._closed = True

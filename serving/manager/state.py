@@ -36,3 +36,8 @@ class Transition:
     error: str = ""
     seconds: float | None = None  # load or unload duration, when one just ended
     device: str = ""
+
+    @property
+    def unload_finished(self) -> bool:
+        """END after a real unload (not a failed load, nor a load dropped before it ran)."""
+        return self.state == State.END and not self.error and self.seconds is not None

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving.config.text_proto import read_text_proto
-from serving.manager.state import State, Transition
+from serving.manager.state import Transition
 from serving.observability import logs
 from serving.observability import metrics as _metrics
 from serving.observability.health import Health
@@ -132,7 +132,7 @@ class Observability:
     def on_transition(self, event: Transition) -> None:
         """Manager listener: log line, unload count, health refresh."""
         logs.log_transition(event)
-        if event.state == State.END and not event.error and event.seconds is not None:
+        if event.unload_finished:
             self.metrics.observe_unload(event.model)
         self.health.changed()
 
