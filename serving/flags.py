@@ -1,15 +1,27 @@
 """Command-line flags, spelled and parsed as `tensorflow_model_server` does.
 
+Each setting is defined once, as a field of `ServerOptions`: its name is the
+flag's spelling, and `flag()` gives its default, help text, whether it is inert
+(accepted for compatibility, no effect) and any alias. The parser, `--help`
+and README's flags table are all generated from those fields.
+
 TF Serving uses tensorflow::Flags: `--name=value`, booleans as `--name`,
 `--name=true|false|1|0`. We also take `--name value` for non-booleans, which
-users type by habit. Every flag maps onto a field of `ServerOptions`, so the
-parsed result is validated by pydantic in one place.
+users type by habit.
+
+Adding a flag: one field in `ServerOptions`, e.g.
+`cache_dir: str = flag("", "Where downloaded models are cached.")` (pydantic
+constraints such as `ge=0` go in the same call), then regenerate README's table
+with `python -m serving.flags --readme README.md`.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,315 +31,214 @@ class FlagError(ValueError):
     """A flag was unknown, malformed, or had an invalid value."""
 
 
-@dataclass(frozen=True)
-class Flag:
-    name: str
-    kind: type  # bool, int, float or str
-    default: Any
-    help: str
-    # Accepted for compatibility with tensorflow_model_server; has no effect here.
-    inert: bool = False
+def flag(
+    default: Any,
+    help: str,
+    *,
+    inert: bool = False,
+    aliases: tuple[str, ...] = (),
+    **constraints: Any,
+) -> Any:
+    """A `ServerOptions` field that is also a command-line flag.
 
-
-FLAGS: tuple[Flag, ...] = (
-    Flag(
-        "port", int, 8500, "TCP port to listen on for gRPC/HTTP API. Disabled if port set to zero."
-    ),
-    Flag(
-        "grpc_socket_path",
-        str,
-        "",
-        "If non-empty, listen to a UNIX socket for gRPC API on the given path.",
-    ),
-    Flag(
-        "rest_api_port",
-        int,
-        0,
-        "Port to listen on for HTTP/REST API. If set to zero HTTP/REST API will not be exported.",
-    ),
-    Flag(
-        "rest_api_num_threads",
-        int,
-        0,
-        "Number of threads for HTTP/REST API processing (0 = number of CPUs); see README.",
-    ),
-    Flag("rest_api_timeout_in_ms", int, 30000, "Timeout for HTTP/REST API calls."),
-    Flag("rest_api_enable_cors_support", bool, False, "Enable CORS headers in REST API."),
-    Flag("enable_batching", bool, False, "enable batching"),
-    Flag(
-        "allow_version_labels_for_unavailable_models",
-        bool,
-        False,
-        "If true, allows assigning unused version labels to models that are not available yet.",
-    ),
-    Flag(
-        "batching_parameters_file",
-        str,
-        "",
-        "If non-empty, read an ascii BatchingParameters protobuf from the supplied file name and use the contained values instead of the defaults.",
-    ),
-    Flag(
-        "enable_per_model_batching_parameters",
-        bool,
-        False,
-        "Read batching_params.pbtxt from each model version's directory when batching is on "
-        "(TF Serving's spelling).",
-    ),
-    Flag(
-        "enable_per_model_batching_params",
-        bool,
-        False,
-        "Same as --enable_per_model_batching_parameters (TF Serving's option field name).",
-    ),
-    Flag(
-        "model_config_file",
-        str,
-        "",
-        "If non-empty, read an ascii ModelServerConfig protobuf from the supplied file name, and serve the models in that file.",
-    ),
-    Flag(
-        "model_config_file_poll_wait_seconds",
-        int,
-        0,
-        "Interval in seconds between each poll of the model config file (0 = read once).",
-    ),
-    Flag(
-        "model_name", str, "default", "name of model (ignored if --model_config_file flag is set)"
-    ),
-    Flag(
-        "model_base_path",
-        str,
-        "",
-        "path to export (ignored if --model_config_file flag is set, otherwise required)",
-    ),
-    Flag(
-        "num_load_threads", int, 0, "The number of threads used to load models (0 = a small pool)."
-    ),
-    Flag(
-        "num_unload_threads",
-        int,
-        0,
-        "Accepted for compatibility; unloads share the load pool.",
-        inert=True,
-    ),
-    Flag(
-        "max_num_load_retries",
-        int,
-        5,
-        "maximum number of times it retries loading a model after the first failure, before giving up.",
-    ),
-    Flag(
-        "load_retry_interval_micros",
-        int,
-        60_000_000,
-        "The interval, in microseconds, between each servable load retry.",
-    ),
-    Flag(
-        "file_system_poll_wait_seconds",
-        int,
-        1,
-        "Interval in seconds between each poll of the filesystem for new model version (0 = poll once).",
-    ),
-    Flag("flush_filesystem_caches", bool, True, "Accepted for compatibility.", inert=True),
-    Flag(
-        "tensorflow_session_parallelism",
-        int,
-        0,
-        "Number of threads to use for running a Tensorflow session (sets intra and inter op parallelism when those are 0).",
-    ),
-    Flag(
-        "tensorflow_session_config_file",
-        str,
-        "",
-        "If non-empty, read an ascii TensorFlow ConfigProto from the file and use it for every session.",
-    ),
-    Flag(
-        "tensorflow_intra_op_parallelism",
-        int,
-        0,
-        "Number of threads to use to parallelize the execution of an individual op (0 = auto).",
-    ),
-    Flag(
-        "tensorflow_inter_op_parallelism",
-        int,
-        0,
-        "Controls the number of operators that can be executed simultaneously (0 = auto).",
-    ),
-    Flag("use_alts_credentials", bool, False, "Not supported; rejected if set.", inert=True),
-    Flag(
-        "ssl_config_file",
-        str,
-        "",
-        "If non-empty, read an ascii SSLConfig protobuf and serve gRPC over TLS.",
-    ),
-    Flag(
-        "platform_config_file",
-        str,
-        "",
-        "Accepted for compatibility; only the TensorFlow platform is served.",
-        inert=True,
-    ),
-    Flag(
-        "per_process_gpu_memory_fraction",
-        float,
-        0.0,
-        "Fraction that each process occupies of the GPU memory space (0 = TensorFlow's default).",
-    ),
-    Flag(
-        "saved_model_tags",
-        str,
-        "serve",
-        "Comma-separated set of tags corresponding to the meta graph def to load from SavedModel.",
-    ),
-    Flag(
-        "grpc_channel_arguments",
-        str,
-        "",
-        "A comma separated list of arguments to be passed to the grpc server (e.g. grpc.max_connection_age_ms=2000).",
-    ),
-    Flag(
-        "grpc_max_threads", int, 0, "Max gRPC server threads to handle gRPC messages (0 = default)."
-    ),
-    Flag(
-        "enable_model_warmup",
-        bool,
-        True,
-        "Enables model warmup, which triggers lazy initializations (such as TF optimizations) at load time.",
-    ),
-    Flag("num_request_iterations_for_warmup", int, 1, "Number of times a warmup request is run."),
-    Flag(
-        "monitoring_config_file",
-        str,
-        "",
-        "If non-empty, read an ascii MonitoringConfig protobuf from the supplied file name.",
-    ),
-    Flag(
-        "remove_unused_fields_from_bundle_metagraph",
-        bool,
-        True,
-        "Accepted for compatibility.",
-        inert=True,
-    ),
-    Flag(
-        "prefer_tflite_model",
-        bool,
-        False,
-        "Not supported: TFLite models are not served.",
-        inert=True,
-    ),
-    Flag(
-        "enable_signature_method_name_check",
-        bool,
-        False,
-        "Enable method_name check for SignatureDef. Disable this if serving native TF2 regression/classification models.",
-    ),
-    Flag("xla_cpu_compilation_enabled", bool, False, "Accepted for compatibility.", inert=True),
-    Flag("enable_profiler", bool, True, "Accepted for compatibility.", inert=True),
-    Flag("skip_initialize_tpu", bool, False, "Accepted for compatibility.", inert=True),
-    Flag("mixed_precision", str, "", "Accepted for compatibility.", inert=True),
-    Flag("version", bool, False, "Display version"),
-    Flag(
-        "enable_serialization_as_tensor_content",
-        bool,
-        False,
-        "Write Predict outputs as tensor_content instead of typed fields.",
-    ),
-    Flag(
-        "enable_grpc_healthcheck_service",
-        bool,
-        True,
-        "Serve grpc.health.v1 on the gRPC port (always on here).",
-        inert=True,
-    ),
-    Flag("num_tflite_pools", int, 0, "Not supported: TFLite models are not served.", inert=True),
-    Flag(
-        "num_tflite_interpreters_per_pool",
-        int,
-        1,
-        "Not supported: TFLite models are not served.",
-        inert=True,
-    ),
-    Flag("thread_pool_factory_config_file", str, "", "Accepted for compatibility.", inert=True),
-    Flag("xla_gpu_compilation_enabled", bool, False, "Accepted for compatibility.", inert=True),
-    # Our own flags (not in tensorflow_model_server).
-    Flag("device_config_file", str, "", "Per-model device assignment (GPU/CPU) file; see README."),
-    Flag("log_format", str, "text", "Log line format: text or json."),
-    Flag("log_level", str, "info", "Log level: debug, info, warning or error."),
-    Flag(
-        "drain_timeout_seconds", float, 30.0, "On SIGTERM, how long to wait for in-flight requests."
-    ),
-    Flag(
-        "max_request_bytes",
-        int,
-        0,
-        "Largest request accepted over gRPC and REST (0 = 2 GiB, gRPC's limit).",
-    ),
-)
-
-_BY_NAME = {f.name: f for f in FLAGS}
-_TRUE = {"true", "1", "t", "yes"}
-_FALSE = {"false", "0", "f", "no"}
+    `inert`: accepted so TF Serving command lines keep working, but has no effect
+    here (shown as such in `--help` and README). `aliases`: other spellings of the
+    same flag. `constraints`: pydantic's (`ge`, `le`, ...).
+    """
+    extra = {"inert": inert, "aliases": list(aliases)}
+    return Field(default, description=help, json_schema_extra=extra, **constraints)  # type: ignore[arg-type]
 
 
 class ServerOptions(BaseModel):
-    """Validated server settings; one field per flag."""
+    """Validated server settings; each field is the flag of the same name."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    port: int = Field(8500, ge=0, le=65535)
-    grpc_socket_path: str = ""
-    rest_api_port: int = Field(0, ge=0, le=65535)
-    rest_api_num_threads: int = Field(0, ge=0)
-    rest_api_timeout_in_ms: int = Field(30000, ge=0)
-    rest_api_enable_cors_support: bool = False
-    enable_batching: bool = False
-    allow_version_labels_for_unavailable_models: bool = False
-    batching_parameters_file: str = ""
-    enable_per_model_batching_parameters: bool = False
-    enable_per_model_batching_params: bool = False
-    model_config_file: str = ""
-    model_config_file_poll_wait_seconds: int = Field(0, ge=0)
-    model_name: str = "default"
-    model_base_path: str = ""
-    num_load_threads: int = Field(0, ge=0)
-    num_unload_threads: int = Field(0, ge=0)
-    max_num_load_retries: int = Field(5, ge=0)
-    load_retry_interval_micros: int = Field(60_000_000, ge=0)
-    file_system_poll_wait_seconds: int = Field(1, ge=0)
-    flush_filesystem_caches: bool = True
-    tensorflow_session_parallelism: int = Field(0, ge=0)
-    tensorflow_session_config_file: str = ""
-    tensorflow_intra_op_parallelism: int = Field(0, ge=0)
-    tensorflow_inter_op_parallelism: int = Field(0, ge=0)
-    use_alts_credentials: bool = False
-    ssl_config_file: str = ""
-    platform_config_file: str = ""
-    per_process_gpu_memory_fraction: float = Field(0.0, ge=0.0, le=1.0)
-    saved_model_tags: str = "serve"
-    grpc_channel_arguments: str = ""
-    grpc_max_threads: int = Field(0, ge=0)
-    enable_model_warmup: bool = True
-    num_request_iterations_for_warmup: int = Field(1, ge=0)
-    monitoring_config_file: str = ""
-    remove_unused_fields_from_bundle_metagraph: bool = True
-    prefer_tflite_model: bool = False
-    enable_signature_method_name_check: bool = False
-    xla_cpu_compilation_enabled: bool = False
-    enable_profiler: bool = True
-    skip_initialize_tpu: bool = False
-    mixed_precision: str = ""
-    version: bool = False
-    enable_serialization_as_tensor_content: bool = False
-    enable_grpc_healthcheck_service: bool = True
-    num_tflite_pools: int = Field(0, ge=0)
-    num_tflite_interpreters_per_pool: int = Field(1, ge=0)
-    thread_pool_factory_config_file: str = ""
-    xla_gpu_compilation_enabled: bool = False
-    device_config_file: str = ""
-    log_format: Literal["text", "json"] = "text"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    drain_timeout_seconds: float = Field(30.0, ge=0.0)
-    max_request_bytes: int = Field(0, ge=0)
+    port: int = flag(
+        8500,
+        "TCP port to listen on for gRPC/HTTP API. Disabled if port set to zero.",
+        ge=0,
+        le=65535,
+    )
+    grpc_socket_path: str = flag(
+        "", "If non-empty, listen to a UNIX socket for gRPC API on the given path."
+    )
+    rest_api_port: int = flag(
+        0,
+        "Port to listen on for HTTP/REST API. If set to zero HTTP/REST API will not be exported.",
+        ge=0,
+        le=65535,
+    )
+    rest_api_num_threads: int = flag(
+        0,
+        "Number of threads for HTTP/REST API processing. REST runs on the gRPC event loop "
+        "and model calls on the shared executor (--grpc_max_threads).",
+        ge=0,
+        inert=True,
+    )
+    rest_api_timeout_in_ms: int = flag(30000, "Timeout for HTTP/REST API calls.", ge=0)
+    rest_api_enable_cors_support: bool = flag(False, "Enable CORS headers in REST API.")
+    enable_batching: bool = flag(False, "enable batching")
+    allow_version_labels_for_unavailable_models: bool = flag(
+        False,
+        "If true, allows assigning unused version labels to models that are not available yet.",
+    )
+    batching_parameters_file: str = flag(
+        "",
+        "If non-empty, read an ascii BatchingParameters protobuf from the supplied file name "
+        "and use the contained values instead of the defaults.",
+    )
+    enable_per_model_batching_parameters: bool = flag(
+        False,
+        "Read batching_params.pbtxt from each model version's directory when batching is on.",
+        aliases=("enable_per_model_batching_params",),
+    )
+    model_config_file: str = flag(
+        "",
+        "If non-empty, read an ascii ModelServerConfig protobuf from the supplied file name, "
+        "and serve the models in that file.",
+    )
+    model_config_file_poll_wait_seconds: int = flag(
+        0,
+        "Interval in seconds between each poll of the model config file (0 = read once).",
+        ge=0,
+    )
+    model_name: str = flag("default", "name of model (ignored if --model_config_file flag is set)")
+    model_base_path: str = flag(
+        "", "path to export (ignored if --model_config_file flag is set, otherwise required)"
+    )
+    num_load_threads: int = flag(
+        0, "The number of threads used to load models (0 = a small pool).", ge=0
+    )
+    num_unload_threads: int = flag(
+        0,
+        "The number of threads used to unload models; unloads share the load pool.",
+        ge=0,
+        inert=True,
+    )
+    max_num_load_retries: int = flag(
+        5,
+        "maximum number of times it retries loading a model after the first failure, "
+        "before giving up.",
+        ge=0,
+    )
+    load_retry_interval_micros: int = flag(
+        60_000_000, "The interval, in microseconds, between each servable load retry.", ge=0
+    )
+    file_system_poll_wait_seconds: int = flag(
+        1,
+        "Interval in seconds between each poll of the filesystem for new model version "
+        "(0 = poll once).",
+        ge=0,
+    )
+    flush_filesystem_caches: bool = flag(
+        True, "Flush file system caches after the initial load of all servables.", inert=True
+    )
+    tensorflow_session_parallelism: int = flag(
+        0,
+        "Number of threads to use for running a Tensorflow session "
+        "(sets intra and inter op parallelism when those are 0).",
+        ge=0,
+    )
+    tensorflow_session_config_file: str = flag(
+        "",
+        "If non-empty, read an ascii TensorFlow ConfigProto from the file "
+        "and use it for every session.",
+    )
+    tensorflow_intra_op_parallelism: int = flag(
+        0,
+        "Number of threads to use to parallelize the execution of an individual op (0 = auto).",
+        ge=0,
+    )
+    tensorflow_inter_op_parallelism: int = flag(
+        0,
+        "Controls the number of operators that can be executed simultaneously (0 = auto).",
+        ge=0,
+    )
+    use_alts_credentials: bool = flag(
+        False, "Use Google ALTS credentials. Not supported: refused if set."
+    )
+    ssl_config_file: str = flag(
+        "", "If non-empty, read an ascii SSLConfig protobuf and serve gRPC over TLS."
+    )
+    platform_config_file: str = flag(
+        "", "Platform config file; only the TensorFlow platform is served.", inert=True
+    )
+    per_process_gpu_memory_fraction: float = flag(
+        0.0,
+        "Fraction that each process occupies of the GPU memory space (0 = TensorFlow's default).",
+        ge=0.0,
+        le=1.0,
+    )
+    saved_model_tags: str = flag(
+        "serve",
+        "Comma-separated set of tags corresponding to the meta graph def to load from SavedModel.",
+    )
+    grpc_channel_arguments: str = flag(
+        "",
+        "A comma separated list of arguments to be passed to the grpc server "
+        "(e.g. grpc.max_connection_age_ms=2000).",
+    )
+    grpc_max_threads: int = flag(
+        0, "Max gRPC server threads to handle gRPC messages (0 = default).", ge=0
+    )
+    enable_model_warmup: bool = flag(
+        True,
+        "Enables model warmup, which triggers lazy initializations "
+        "(such as TF optimizations) at load time.",
+    )
+    num_request_iterations_for_warmup: int = flag(
+        1, "Number of times a warmup request is run.", ge=0
+    )
+    monitoring_config_file: str = flag(
+        "", "If non-empty, read an ascii MonitoringConfig protobuf from the supplied file name."
+    )
+    remove_unused_fields_from_bundle_metagraph: bool = flag(
+        True, "Drop unused fields of the loaded MetaGraphDef to save memory.", inert=True
+    )
+    prefer_tflite_model: bool = flag(
+        False, "Prefer a TFLite model over the SavedModel. Not supported: refused if set."
+    )
+    enable_signature_method_name_check: bool = flag(
+        False,
+        "Enable method_name check for SignatureDef. "
+        "Disable this if serving native TF2 regression/classification models.",
+    )
+    xla_cpu_compilation_enabled: bool = flag(False, "Enable XLA:CPU JIT compilation.", inert=True)
+    enable_profiler: bool = flag(
+        True, "Serve the TensorFlow profiler on the gRPC port.", inert=True
+    )
+    skip_initialize_tpu: bool = flag(False, "Skip TPU initialization.", inert=True)
+    mixed_precision: str = flag("", "Mixed precision mode (e.g. bfloat16).", inert=True)
+    version: bool = flag(False, "Display version")
+    enable_serialization_as_tensor_content: bool = flag(
+        False, "Write Predict outputs as tensor_content instead of typed fields."
+    )
+    enable_grpc_healthcheck_service: bool = flag(
+        True, "Serve grpc.health.v1 on the gRPC port; it is always served.", inert=True
+    )
+    num_tflite_pools: int = flag(
+        0, "Number of TFLite interpreter pools; TFLite models are not served.", ge=0, inert=True
+    )
+    num_tflite_interpreters_per_pool: int = flag(
+        1, "TFLite interpreters per pool; TFLite models are not served.", ge=0, inert=True
+    )
+    thread_pool_factory_config_file: str = flag(
+        "", "Thread pool factory config for the inter/intra-op pools.", inert=True
+    )
+    xla_gpu_compilation_enabled: bool = flag(False, "Enable XLA:GPU JIT compilation.", inert=True)
+    # Our own flags (not in tensorflow_model_server).
+    device_config_file: str = flag("", "Per-model device assignment (GPU/CPU) file; see README.")
+    log_format: Literal["text", "json"] = flag("text", "Log line format: text or json.")
+    log_level: Literal["debug", "info", "warning", "error"] = flag(
+        "info", "Log level: debug, info, warning or error."
+    )
+    drain_timeout_seconds: float = flag(
+        30.0, "On SIGTERM, how long to wait for in-flight requests.", ge=0.0
+    )
+    max_request_bytes: int = flag(
+        0, "Largest request accepted over gRPC and REST (0 = 2 GiB, gRPC's limit).", ge=0
+    )
 
     @field_validator("grpc_channel_arguments")
     @classmethod
@@ -349,7 +260,7 @@ class ServerOptions(BaseModel):
 
     @property
     def per_model_batching(self) -> bool:
-        return self.enable_per_model_batching_parameters or self.enable_per_model_batching_params
+        return self.enable_per_model_batching_parameters
 
     @property
     def intra_op_threads(self) -> int:
@@ -381,6 +292,47 @@ def parse_channel_arguments(value: str) -> list[tuple[str, int | str]]:
         except ValueError:
             args.append((key.strip(), raw.strip()))
     return args
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line spelling of a `ServerOptions` field (derived, never written by hand)."""
+
+    name: str
+    field: str  # the ServerOptions field it sets (differs from name for an alias)
+    kind: type  # bool, int, float or str
+    default: Any
+    help: str
+    inert: bool = False
+
+
+def _kind(annotation: Any) -> type:
+    if typing.get_origin(annotation) is Literal:
+        return str  # pydantic checks the choice
+    if annotation in (bool, int, float, str):
+        return typing.cast(type, annotation)
+    raise TypeError(f"a flag must be bool, int, float, str or a Literal of str: {annotation}")
+
+
+def _flags() -> tuple[Flag, ...]:
+    out: list[Flag] = []
+    for name, field in ServerOptions.model_fields.items():
+        extra = field.json_schema_extra
+        if not isinstance(extra, dict):
+            raise TypeError(f"ServerOptions.{name} must be declared with flag(...)")
+        kind, inert = _kind(field.annotation), bool(extra["inert"])
+        help_text = field.description or ""
+        out.append(Flag(name, name, kind, field.default, help_text, inert))
+        for alias in typing.cast(list[str], extra["aliases"]):
+            out.append(Flag(alias, name, kind, field.default, f"Same as --{name}.", inert))
+    return tuple(out)
+
+
+FLAGS: tuple[Flag, ...] = _flags()
+_BY_NAME = {f.name: f for f in FLAGS}
+_TRUE = {"true", "1", "t", "yes"}
+_FALSE = {"false", "0", "f", "no"}
+_KIND_NAMES = {bool: "bool", int: "int64", float: "float", str: "string"}
 
 
 def _convert(flag: Flag, raw: str) -> Any:
@@ -418,21 +370,61 @@ def parse_flags(argv: list[str]) -> ServerOptions:
                 i += 1
             else:
                 raise FlagError(f"--{name} needs a value")
-        values[name] = _convert(flag, raw)
+        values[flag.field] = _convert(flag, raw)
     try:
         return ServerOptions(**values)
     except ValueError as exc:
         raise FlagError(str(exc)) from None
 
 
+def _default_text(flag: Flag) -> str:
+    return str(flag.default).lower() if flag.kind is bool else repr(flag.default)
+
+
+INERT_NOTE = "[no effect: accepted for compatibility]"
+
+
 def usage() -> str:
     lines = ["usage: model-server [flags]", "Flags:"]
     for flag in FLAGS:
-        kind = {bool: "bool", int: "int64", float: "float", str: "string"}[flag.kind]
-        default = str(flag.default).lower() if flag.kind is bool else repr(flag.default)
-        lines.append(f"\t--{flag.name}={default}\t{kind}\t{flag.help}")
+        help_text = f"{INERT_NOTE} {flag.help}" if flag.inert else flag.help
+        lines.append(
+            f"\t--{flag.name}={_default_text(flag)}\t{_KIND_NAMES[flag.kind]}\t{help_text}"
+        )
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover - manual inspection
-    print(usage(), file=sys.stderr)
+README_BEGIN = "<!-- flags table: generated by `python -m serving.flags --readme README.md` -->"
+README_END = "<!-- end of flags table -->"
+
+
+def readme_table() -> str:
+    """README's flags table, between its markers."""
+    rows = [README_BEGIN, "| flag | default | meaning |", "|---|---|---|"]
+    for flag in FLAGS:
+        meaning = flag.help.replace("|", "\\|")
+        if flag.inert:
+            meaning = f"**No effect** (accepted for compatibility). {meaning}"
+        rows.append(f"| `--{flag.name}` | `{_default_text(flag)}` | {meaning} |")
+    rows.append(README_END)
+    return "\n".join(rows)
+
+
+def update_readme(path: Path) -> bool:
+    """Rewrite the table between the markers; True if the file changed."""
+    text = path.read_text()
+    pattern = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{path}: flags table markers not found")
+    new = pattern.sub(lambda _m: readme_table(), text)
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # pragma: no cover - developer tool
+    if sys.argv[1:2] == ["--readme"] and len(sys.argv) == 3:
+        changed = update_readme(Path(sys.argv[2]))
+        print(f"{sys.argv[2]}: flags table {'updated' if changed else 'already current'}")
+    else:
+        print(usage())

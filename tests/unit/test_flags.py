@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.flags import FLAGS, FlagError, ServerOptions, parse_flags, usage
+from serving.flags import FlagError, ServerOptions, parse_flags, readme_table, usage
+from tests.harness import REPO
 
 
 def test_value_forms_and_booleans() -> None:
@@ -72,10 +73,34 @@ def test_session_parallelism_fills_both_pools() -> None:
     assert (o.intra_op_threads, o.inter_op_threads) == (2, 5)
 
 
-def test_every_flag_has_a_field_and_usage_line() -> None:
-    fields = set(ServerOptions.model_fields)
-    text = usage()
-    for flag in FLAGS:
-        assert flag.name in fields
-        assert f"--{flag.name}=" in text
-        assert getattr(ServerOptions(), flag.name) == flag.default
+def test_per_model_batching_has_both_spellings() -> None:
+    assert parse_flags(["--enable_per_model_batching_parameters"]).per_model_batching is True
+    assert parse_flags(["--enable_per_model_batching_params=true"]).per_model_batching is True
+    assert parse_flags([]).per_model_batching is False
+
+
+def test_help_lists_every_field_with_its_default() -> None:
+    lines = {line.split("=", 1)[0].strip(): line for line in usage().splitlines()[2:]}
+    for name, field in ServerOptions.model_fields.items():
+        default = field.default
+        text = str(default).lower() if isinstance(default, bool) else repr(default)
+        assert f"--{name}={text}\t" in lines[f"--{name}"], name
+        assert (field.description or "") in lines[f"--{name}"], name
+    assert (
+        "--enable_per_model_batching_params=false\t" in lines["--enable_per_model_batching_params"]
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["rest_api_num_threads", "flush_filesystem_caches", "enable_profiler"]
+)
+def test_inert_flags_are_accepted_and_marked(name: str) -> None:
+    line = next(line for line in usage().splitlines() if line.startswith(f"\t--{name}="))
+    assert "no effect" in line
+    assert "no effect" not in next(line for line in usage().splitlines() if "--port=" in line)
+    parse_flags([f"--{name}=1"])  # accepted
+
+
+def test_readme_flags_table_is_generated() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert readme_table() in readme, "run: python -m serving.flags --readme README.md"
