@@ -2,13 +2,13 @@
 
 `DirectRunner` hands calls to a thread pool (TensorFlow releases the GIL
 while it computes). A call that reliably takes a few tens of microseconds
-(half_plus_two takes ~40 µs) costs more in the two thread hand-offs than in
+(half_plus_two's does) costs more in the two thread hand-offs than in
 TensorFlow, so such calls run inline on the event loop: each (servable,
 signature) keeps its recent run times, and only signatures whose fastest
 recent run is under `inline_below_s`, with small inputs, run inline. The
 minimum, not an average: under load a call's wall time includes its wait for
 the GIL, which says nothing about the signature, and an average of such waits
-could keep a 12 µs signature on the pool. A call over `evict_factor` times the
+could keep a fast signature on the pool. A call over `evict_factor` times the
 threshold forgets the fast runs, so a model that turns heavy holds the loop
 for one call only.
 

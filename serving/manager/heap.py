@@ -1,11 +1,11 @@
 """Keep TensorFlow's long-lived objects out of Python's cyclic garbage collector.
 
-Importing TensorFlow and loading a model leave ~300k Python objects on the
-heap; a full (generation 2) collection walks all of them and holds the GIL
-for ~140 ms on this 2-core machine. Requests that allocate many container
-objects (a REST body is ~1000 nested lists for one 32x32x3 image) trigger
-such collections every few hundred requests, which showed up as 90-150 ms
-p99 spikes for every client at once. `gc.freeze()` moves everything alive
+Importing TensorFlow and loading a model leave hundreds of thousands of
+Python objects on the heap; a full (generation 2) collection walks all of
+them and holds the GIL for a long pause. Requests that allocate many
+container objects (a REST body is a nested list per image row) trigger such
+collections every few hundred requests, which showed up as p99 spikes for
+every client at once. `gc.freeze()` moves everything alive
 now into a permanent generation the collector never walks, so collections
 only look at what requests allocated since.
 

@@ -34,7 +34,7 @@ prometheus_client.disable_created_metrics()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# Seconds; from a tiny model's ~100 us call up to a minute-long request.
+# Seconds; from a tiny model's sub-millisecond call up to a minute-long request.
 LATENCY_BUCKETS = (
     0.0001,
     0.00025,

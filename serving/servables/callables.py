@@ -1,9 +1,9 @@
 """Session callables that pick, by measurement, where TensorFlow runs the ops.
 
 TensorFlow normally hands a step's ops to its inter-op thread pool. For a
-small graph the hand-off dominates: half_plus_two takes ~130 µs through the
-pool and ~25 µs with `RunOptions.inter_op_thread_pool = -1` (ops run in the
-calling thread). A big graph with parallel branches wants the pool. So each
+small graph the hand-off dominates: half_plus_two runs several times faster
+with `RunOptions.inter_op_thread_pool = -1` (ops run in the calling thread)
+than through the pool. A big graph with parallel branches wants the pool. So each
 (signature, feeds, fetches) callable times both ways over its first calls and
 keeps the faster one; intra-op parallelism (inside one matmul or conv) is the
 same either way.

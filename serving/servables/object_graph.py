@@ -4,8 +4,8 @@ Some TF2 exports (a Keras 3 model tracked by a bare tf.Module, for one) hold
 two resource handles per variable: the checkpoint restores one, the
 signature functions capture the other, and only TF2's object-graph loader
 joins them. The Session loader notices uninitialised variables after
-restoring and hands such models here. Calls cost more (~400 µs against
-~40 µs), so this is the fallback, not the default.
+restoring and hands such models here. Its signature functions cost several
+times a Session callable per call, so this is the fallback, not the default.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ Why one Session-based loader for everything (see docs in README):
   (reference variables, assets with main ops, ops pinned to absent GPUs);
 - running through `Session._make_callable_from_options` skips Python's
   fed-shape check, so shape [1] is accepted for a [None, 1] input exactly as
-  TF Serving's C++ Session::Run accepts it, and costs ~40 µs per call against
-  ~270 µs for `Session.run` and ~400 µs for a TF2 signature function (and
-  callables.py picks per signature whether ops run in the calling thread);
+  TF Serving's C++ Session::Run accepts it, and costs a fraction of
+  `Session.run` or a TF2 signature function per call (`make bench` measures
+  both paths; callables.py picks per signature whether ops run in the calling
+  thread);
 - TF1 Hub modules need their `table_initializer` collection run with asset
   paths fed, which the TF1 loader skips: we run it ourselves.
 """
