@@ -13,8 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from loadtests import floor, generators, memory, models
-from loadtests.cli import DEFAULT_BATCHING, batching_in_server, git_meta
+from loadtests import ceilings, floor, generators, memory, models
+from loadtests.cli import DEFAULT_BATCHING, git_meta
 from loadtests.report import Report, Run, plot, render, targets
 from loadtests.servers import OBJECT_GRAPH_LOG, Client, LocalServer, models_config
 
@@ -54,10 +54,7 @@ class Bench:
         versions as they appear (poll 1 s)."""
         config = self.work / "models.config"
         config.write_text(models_config(self.paths))
-        params = self.args.batching_parameters
-        if params is None:
-            params = self.work / "batching.pbtxt"
-            params.write_text(DEFAULT_BATCHING % (os.cpu_count() or 2))
+        params = self.batching_parameters()
         common = [f"--model_config_file={config}", "--file_system_poll_wait_seconds=1"]
         logs = self.work / "logs"
         logs.mkdir(exist_ok=True)
@@ -67,11 +64,14 @@ class Bench:
             "on", [*common, "--enable_batching", f"--batching_parameters_file={params}"], logs
         )
         self.servers["memory"] = memory.start(self.work / "memory", self.memory_models, logs)
-        if not batching_in_server():
-            self.notes.append(
-                "this server build does not implement batching yet: "
-                "'batching on' runs the unbatched path"
-            )
+
+    def batching_parameters(self) -> Path:
+        """The batching-on server's BatchingParameters file (written unless given)."""
+        params = self.args.batching_parameters
+        if params is None:
+            params = self.work / "batching.pbtxt"
+            params.write_text(DEFAULT_BATCHING % (os.cpu_count() or 2))
+        return params
 
     # ------------------------------------------------------------------ phases
 
@@ -104,6 +104,9 @@ class Bench:
                         self.notes.append(
                             f"server {label}: a bench model took the slow TF2 object-graph loader"
                         )
+                    # The server's own start-up line says whether it batches.
+                    if (label == "on") != (" batching=on" in server.logs()):
+                        self.notes.append(f"server {label}: start-up log disagrees on batching")
             self.say("measuring the in-process floor ...")
             seconds = 0.3 if args.quick else 1.5
             sizes = [1, 8, 32, 64, 128, 256]
@@ -112,12 +115,51 @@ class Bench:
                 for name, model in self.models.items()
             }
             runs = self.load_matrix()
+            self.say("measuring the ceilings (Runner in-process, gRPC stack alone) ...")
+            ceiling = self.measure_ceilings(seconds)
         finally:
             self.stop(*self.servers)
-        report = Report(meta=self.meta(), floors=floors, runs=runs, memory=memory_result)
+        report = Report(
+            meta=self.meta(), floors=floors, runs=runs, memory=memory_result, ceilings=ceiling
+        )
         report.targets = targets(report)
         self.write(report)
         return report
+
+    def measure_ceilings(self, seconds: float) -> ceilings.Ceilings:
+        """half_plus_two through the Runner in-process, and the gRPC stack answering alone."""
+        model = self.models[models.HALF_PLUS_TWO]
+        version_dir = self.paths[models.HALF_PLUS_TWO] / "1"
+        top = max(self.args.concurrency)
+        runner = [
+            ceilings.runner_rate(model, version_dir, seconds, top, params)
+            for params in (None, self.batching_parameters())
+        ]
+        echo_runs = []
+        target = next((t for t, _rest in self.endpoints().values() if t), None)
+        if target:
+            client = Client(target)
+            try:
+                response, _ = client.predict(model)
+            finally:
+                client.close()
+            body = response.SerializeToString()
+            echo = ceilings.EchoServer(body, self.work)
+            try:
+                echo.wait()
+                for conc in self.args.concurrency:
+                    result = generators.h2load_grpc(
+                        f"http://{echo.grpc_target}",
+                        self.work / f"{model.name}.grpc",
+                        conc,
+                        self.args.duration,
+                        5 + len(body),
+                        self.args.pin_client,
+                    )
+                    echo_runs.append(ceilings.EchoRun(concurrency=conc, result=result))
+            finally:
+                echo.stop()
+        return ceilings.Ceilings(model=model.name, runner=runner, grpc_echo=echo_runs)
 
     def endpoints(self) -> dict[str, tuple[str | None, str | None]]:
         """batching label → (gRPC target, REST base URL)."""

@@ -88,14 +88,6 @@ def git_meta() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "log": git("log", "--oneline", "-12").splitlines()}
 
 
-def batching_in_server() -> bool:
-    """Whether this checkout's server reads batching parameters at all."""
-    return any(
-        "batch_timeout_micros" in p.read_text(errors="ignore")
-        for p in (REPO / "serving").rglob("*.py")
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parse_args(argv)

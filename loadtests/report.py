@@ -1,4 +1,4 @@
-"""The bench's table, its target checks (issue 6), latest.json and the plot."""
+"""The bench's table, its target checks, latest.json and the plot."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from loadtests.ceilings import Ceilings
 from loadtests.floor import Floor
 from loadtests.generators import LoadResult
 from loadtests.memory import MemoryResult
@@ -34,6 +35,7 @@ class Report(BaseModel):
     floors: dict[str, Floor]
     runs: list[Run]
     memory: MemoryResult | None
+    ceilings: Ceilings | None = None
     targets: list[Target] = []
 
 
@@ -46,7 +48,7 @@ def find(runs: list[Run], model: str, protocol: str, batching: str, conc: int) -
 
 
 def targets(report: Report) -> list[Target]:
-    """Issue 6's targets; call-time targets checked against both in-process floors."""
+    """The server's performance targets; call-time ones checked against both floors."""
     out: list[Target] = []
     runs = report.runs
     top = max((r.concurrency for r in runs), default=64)
@@ -139,6 +141,21 @@ def render(report: Report) -> str:
             f"  {f.model:<14}{f.loader:<17}{f.public_api.mean_us:>14.0f}"
             f"{f.server_path.mean_us:>16.0f}{best.rows_per_s:>13.0f} @{best.batch:<4}"
         )
+    if report.ceilings:
+        c = report.ceilings
+        lines.append("")
+        lines.append(f"Ceilings ({c.model}):")
+        for r in c.runner:
+            lines.append(
+                f"  in-process through the Runner, c{r.concurrency}, batching {r.batching}:"
+                f" {r.rps:.0f} req/s"
+            )
+        for e in c.grpc_echo:
+            lines.append(
+                f"  gRPC stack alone (echo server, no model), c{e.concurrency}:"
+                f" {e.result.rps:.0f} req/s, p99 {_fmt(e.result.p99_ms)} ms,"
+                f" errors {e.result.errors}"
+            )
     lines.append("")
     lines.append(
         f"  {'model':<14}{'proto':<6}{'batch':<7}{'conc':>5}{'req/s':>10}{'p50 ms':>9}"
@@ -164,7 +181,7 @@ def render(report: Report) -> str:
             + " s"
         )
     lines.append("")
-    lines.append("Targets (issue 6):")
+    lines.append("Targets:")
     for t in report.targets:
         verdict = {True: "MET    ", False: "NOT MET", None: "n/a    "}[t.met]
         lines.append(f"  {verdict} {t.name}: {t.measured} (needs {t.required})")

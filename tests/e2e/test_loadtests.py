@@ -75,11 +75,24 @@ def test_memory_and_new_version_latency(quick_bench):
     assert len(memory["new_version_s"]) == 1 and 0 < memory["new_version_s"][0] < 10
 
 
+def test_ceilings_runner_and_grpc_stack_alone(quick_bench):
+    _, report, stdout = quick_bench
+    ceilings = report["ceilings"]
+    assert ceilings["model"] == "half_plus_two"
+    assert {r["batching"] for r in ceilings["runner"]} == {"off", "on"}
+    assert all(r["rps"] > 0 for r in ceilings["runner"])
+    assert [e["concurrency"] for e in ceilings["grpc_echo"]] == report["meta"]["concurrency"]
+    for echo in ceilings["grpc_echo"]:
+        assert echo["result"]["requests"] > 0 and echo["result"]["errors"] == 0, echo
+    assert "gRPC stack alone" in stdout
+    assert not any("batching" in n for n in report["meta"]["notes"])
+
+
 def test_report_table_targets_and_plot(quick_bench):
     out, report, stdout = quick_bench
     names = [t["name"] for t in report["targets"]]
     assert any("RSS < 1 GiB" in n for n in names)
     assert any("batching on" in n for n in names)
-    assert "Targets (issue 6):" in stdout and "half_plus_two grpc" in stdout
+    assert "Targets:" in stdout and "half_plus_two grpc" in stdout
     png = (out / "latest.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
