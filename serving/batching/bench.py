@@ -87,7 +87,7 @@ def runner_rate(model_dir: Path, seconds: float, concurrency: int, batching: boo
         return done / (loop.time() - start)
 
     rate = asyncio.run(run())
-    if batching:
+    if isinstance(runner, BatchingRunner):
         runner.close()
     executor.shutdown()
     servable.close()
