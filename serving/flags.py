@@ -212,8 +212,7 @@ FLAGS: tuple[Flag, ...] = (
         "prefer_tflite_model",
         bool,
         False,
-        "Not supported: TFLite models are not served.",
-        inert=True,
+        "Prefer TensorFlow Lite model from `model.tflite` file in SavedModel directory, instead of the TensorFlow model from `saved_model.pb` file. If no TensorFlow Lite model found, fallback to TensorFlow model.",
     ),
     Flag(
         "enable_signature_method_name_check",
@@ -239,13 +238,17 @@ FLAGS: tuple[Flag, ...] = (
         "Serve grpc.health.v1 on the gRPC port (always on here).",
         inert=True,
     ),
-    Flag("num_tflite_pools", int, 0, "Not supported: TFLite models are not served.", inert=True),
+    Flag(
+        "num_tflite_pools",
+        int,
+        0,
+        "Number of TFLite interpreters serving each TFLite model concurrently (0 = number of CPUs).",
+    ),
     Flag(
         "num_tflite_interpreters_per_pool",
         int,
         1,
-        "Not supported: TFLite models are not served.",
-        inert=True,
+        "Above 1, a TFLite request with many rows runs split into mini-batches of ceil(500/N) rows in parallel.",
     ),
     Flag("thread_pool_factory_config_file", str, "", "Accepted for compatibility.", inert=True),
     Flag("xla_gpu_compilation_enabled", bool, False, "Accepted for compatibility.", inert=True),
@@ -339,8 +342,6 @@ class ServerOptions(BaseModel):
     def _consistent(self) -> ServerOptions:
         if self.use_alts_credentials:
             raise ValueError("--use_alts_credentials is not supported by this server")
-        if self.prefer_tflite_model:
-            raise ValueError("--prefer_tflite_model is not supported: TFLite models are not served")
         return self
 
     @property
