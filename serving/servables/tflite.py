@@ -176,7 +176,11 @@ class TfLiteServable(Servable):
         try:
             first = _Slot(self._model)
         except (ValueError, RuntimeError) as exc:
-            raise LoadError(f"Cannot build FlatBufferModel from buffer: {exc}", _INVALID) from exc
+            # LiteRT's first line says why: not a TFLite flatbuffer, an op it lacks, ...
+            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise LoadError(
+                f"Cannot build a TFLite interpreter for {file}: {reason}", _INVALID
+            ) from exc
         signature_defs, self._plans = self._signatures(first.interpreter)
         super().__init__(
             name, version, path, signature_defs, DEFAULT_SERVING_SIGNATURE, device="/CPU:0"

@@ -169,3 +169,25 @@ def test_corrupt_model_fails_the_load(tmp_path: Path) -> None:
     (tmp_path / "model.tflite").write_bytes(b"not a flatbuffer at all")
     with pytest.raises(LoadError):
         TfLiteServable("m", 1, str(tmp_path), TfLiteOptions(interpreters=1))
+
+
+def test_model_needing_flex_ops_fails_the_load_with_litert_reason(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class ParseExamples(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def parse(self, serialized):
+            spec = {"x": tf.io.FixedLenFeature([1], tf.float32)}
+            return {"x": tf.io.parse_example(serialized, spec)["x"]}
+
+    module = ParseExamples()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.parse.get_concrete_function()], module
+    )
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+        tf.lite.OpsSet.SELECT_TF_OPS,
+    ]
+    (tmp_path / "model.tflite").write_bytes(converter.convert())
+    with pytest.raises(LoadError, match="Select TensorFlow op"):
+        TfLiteServable("m", 1, str(tmp_path), TfLiteOptions(interpreters=1))
