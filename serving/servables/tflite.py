@@ -355,6 +355,9 @@ class TfLiteServable(Servable):
     def _run_one(
         self, plan: _Plan, inputs: Mapping[str, np.ndarray], output_aliases: Sequence[str]
     ) -> dict[str, np.ndarray]:
+        # Blocks while every interpreter is busy (TF Serving's pool does too).
+        # A call the runner makes inline on the event loop is a fast one, so
+        # such a wait lasts at most one other call.
         slot = self._pool.get()
         try:
             if plan.runner_key is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -191,3 +192,24 @@ def test_model_needing_flex_ops_fails_the_load_with_litert_reason(tmp_path: Path
     (tmp_path / "model.tflite").write_bytes(converter.convert())
     with pytest.raises(LoadError, match="Select TensorFlow op"):
         TfLiteServable("m", 1, str(tmp_path), TfLiteOptions(interpreters=1))
+
+
+def test_warmup_requests_replay_on_a_tflite_model(testdata: Path, tmp_path: Path) -> None:
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving.servables.warmup import WARMUP_FILE, warmup
+
+    version = tmp_path / "123"
+    version.mkdir()
+    shutil.copy(_shared(testdata, "saved_model_half_plus_two_tflite") / "model.tflite", version)
+    (version / WARMUP_FILE).parent.mkdir()
+    entry = prediction_log_pb2.PredictionLog()
+    entry.predict_log.request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0]], tf.float32))
+    with tf.io.TFRecordWriter(str(version / WARMUP_FILE)) as writer:
+        writer.write(entry.SerializeToString())
+    servable = TfLiteServable("m", 123, str(version), TfLiteOptions(interpreters=1))
+    try:
+        assert warmup(servable, 2) == 1
+    finally:
+        servable.close()
