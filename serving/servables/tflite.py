@@ -356,8 +356,8 @@ class TfLiteServable(Servable):
         self, plan: _Plan, inputs: Mapping[str, np.ndarray], output_aliases: Sequence[str]
     ) -> dict[str, np.ndarray]:
         # Blocks while every interpreter is busy (TF Serving's pool does too).
-        # A call the runner makes inline on the event loop is a fast one, so
-        # such a wait lasts at most one other call.
+        # A call the runner makes inline on the event loop waits here only
+        # when calls off the loop hold every interpreter, until one ends.
         slot = self._pool.get()
         try:
             if plan.runner_key is not None:
