@@ -41,6 +41,7 @@ from serving.protos import SSLConfig
 from serving.servables.base import Servable
 from serving.servables.loader import load_placed
 from serving.servables.session_bundle import SessionOptions
+from serving.servables.tflite import TfLiteOptions
 from serving.servables.warmup import warmup
 from serving.sources.poller import FileSystemSource
 
@@ -125,6 +126,11 @@ class ModelServer:
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         self._session_options = session_options(options)
+        self._tflite = TfLiteOptions(
+            prefer_tflite_model=options.prefer_tflite_model,
+            interpreters=options.num_tflite_pools,
+            interpreters_per_pool=options.num_tflite_interpreters_per_pool,
+        )
         try:
             self.obs = Observability(options)  # metrics, health, logs, drain
         except TextProtoError as exc:
@@ -180,7 +186,9 @@ class ModelServer:
         self.http: HttpServer | None = None
 
     def load(self, name: str, version: int, path: str) -> Servable:
-        servable = load_placed(name, version, path, self.placement.session_options(name))
+        servable = load_placed(
+            name, version, path, self.placement.session_options(name), self._tflite
+        )
         if self.batching is not None:
             try:
                 self.batching.prepare(servable)  # reads batching_params.pbtxt if enabled
