@@ -8,7 +8,8 @@ from collections.abc import Mapping
 
 from serving.config.model_config import ModelConfig
 from serving.manager.manager import ServableManager
-from serving.sources.file_system import list_versions
+from serving.sources.hub_paths import list_model_versions
+from serving.storage.hub import HubError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,10 @@ class FileSystemSource:
 
     def _poll_model(self, model: ModelConfig) -> None:
         try:
-            versions = list_versions(model.base_path)
+            versions = list_model_versions(model.base_path)
+        except HubError as exc:
+            self._report(model.name, f"Servable {model.name}: {exc}")
+            return
         except OSError as exc:
             # Keep serving what is loaded: a transient storage error must not
             # unload a model (TF Serving also leaves the aspired set alone).
