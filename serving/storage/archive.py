@@ -69,10 +69,12 @@ def extract_tar(
         raise ArchiveError(f"{source}: refused {exc}") from None
     except tarfile.FilterError as exc:
         raise ArchiveError(f"{source}: refused archive member: {exc}") from None
-    except (tarfile.ReadError, tarfile.CompressionError) as exc:
-        raise ArchiveError(f"{source} is not a readable tar archive: {exc}") from None
     except (EOFError, zlib.error, tarfile.StreamError) as exc:
         raise ArchiveError(f"{source} is truncated or corrupt: {exc}") from None
+    except (tarfile.ReadError, tarfile.CompressionError) as exc:
+        if "unexpected end" in str(exc):
+            raise ArchiveError(f"{source} is truncated or corrupt: {exc}") from None
+        raise ArchiveError(f"{source} is not a readable tar archive: {exc}") from None
     except tarfile.TarError as exc:
         raise ArchiveError(f"{source}: bad tar archive: {exc}") from None
 
