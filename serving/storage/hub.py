@@ -234,6 +234,11 @@ class HubStorage:
         logged = False
         while os.path.exists(lock):
             contents = _read(lock)
+            if contents is not None and _holder_is_gone(contents):
+                log.warning("deleting lock file %s: its process %s has exited", lock, contents)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock)
+                return
             if not logged:
                 log.info("%s is being downloaded by %s; waiting", self.base_path, contents)
                 logged = True
@@ -371,6 +376,28 @@ def _create_exclusive(path: str, contents: str) -> bool:
         return False
     finally:
         os.remove(staging)
+
+
+def _holder_is_gone(contents: str) -> bool:
+    """True when the lock was taken by a process of this host that no longer runs.
+
+    Saves the library's ten-minute stall wait after a crash (a restarted
+    server finds its own dead lock); locks of other hosts are left to that wait.
+    """
+    host, _, rest = contents.rpartition(".")[0].rpartition(".")
+    try:
+        pid = int(rest)
+    except ValueError:
+        return False
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _read(path: str) -> str | None:

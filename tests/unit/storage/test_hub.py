@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import tarfile
 import threading
 import time
@@ -224,3 +225,33 @@ def test_unknown_scheme_is_not_a_folder(tmp_path: Path) -> None:
 
 def test_tarfile_data_filter_is_available() -> None:
     assert hasattr(tarfile, "data_filter")
+
+
+def test_a_dead_local_holder_loses_its_lock_at_once(hub: HubServer, cache: Path) -> None:
+    """A lock left by a crashed process of this host is not waited on for ten minutes."""
+    handle = hub.add("/m/1", tar_members(*MODEL))
+    target = cache / hashlib.sha1(handle.encode()).hexdigest()
+    cache.mkdir()
+    Path(f"{target}.lock").write_text(f"{socket.gethostname()}.{2**22 + 12345}.abc")
+    started = time.monotonic()
+    assert HubStorage(handle, str(cache)).local_path(1) == str(target)
+    assert time.monotonic() - started < 5
+
+
+def test_concurrent_loads_download_once(hub: HubServer, cache: Path) -> None:
+    handle = hub.add("/m/1", tar_members(*MODEL))
+    results: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(
+                HubStorage(handle, str(cache), lock_poll_s=0.05).local_path(1)
+            )
+        )
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(set(results)) == 1 and len(results) == 4
+    assert len(hub.requests) == 1
