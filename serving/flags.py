@@ -222,7 +222,12 @@ FLAGS: tuple[Flag, ...] = (
         "Enable method_name check for SignatureDef. Disable this if serving native TF2 regression/classification models.",
     ),
     Flag("xla_cpu_compilation_enabled", bool, False, "Accepted for compatibility.", inert=True),
-    Flag("enable_profiler", bool, True, "Accepted for compatibility.", inert=True),
+    Flag(
+        "enable_profiler",
+        bool,
+        True,
+        "Enable profiler service (tensorflow.ProfilerService on the gRPC port).",
+    ),
     Flag("skip_initialize_tpu", bool, False, "Accepted for compatibility.", inert=True),
     Flag("mixed_precision", str, "", "Accepted for compatibility.", inert=True),
     Flag("version", bool, False, "Display version"),

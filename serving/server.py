@@ -23,6 +23,7 @@ from serving.inference.service import InferenceService
 from serving.manager.heap import HeapFreezer
 from serving.manager.manager import ServableManager
 from serving.observability import Observability
+from serving.observability.profiler import ProfilerProxy, add_profiler_service
 from serving.protos import SSLConfig
 from serving.servables.base import LoadError, Servable
 from serving.servables.loader import load_placed
@@ -154,6 +155,7 @@ class ModelServer:
         self.obs.bind(lambda: self.core.models, self.manager)
         self.observer = self.obs.observer
         self._grpc: grpc.aio.Server | None = None
+        self._profiler: ProfilerProxy | None = None
         self.grpc_addresses: list[str] = []
         # The REST server (serving.api.rest.http.HttpServer); others add routes to it.
         self.http = None
@@ -209,6 +211,8 @@ class ModelServer:
         model = ModelServicer(self.service, self._reload_config, observer=self.observer)
         add_services(server, prediction, model)
         self.obs.add_grpc_services(server)
+        if opts.enable_profiler:
+            self._profiler = add_profiler_service(server)
         addresses = []
         if opts.port:
             addresses.append(f"0.0.0.0:{opts.port}")
@@ -272,3 +276,5 @@ class ModelServer:
         if self.batching is not None:
             self.batching.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._profiler is not None:
+            await self._profiler.close()
