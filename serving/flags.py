@@ -267,6 +267,12 @@ FLAGS: tuple[Flag, ...] = (
         0,
         "Largest request accepted over gRPC and REST (0 = 2 GiB, gRPC's limit).",
     ),
+    Flag(
+        "custom_op_libraries",
+        str,
+        "",
+        "Comma-separated TensorFlow op libraries (.so) to load at start-up, before any model.",
+    ),
 )
 
 _BY_NAME = {f.name: f for f in FLAGS}
@@ -333,6 +339,7 @@ class ServerOptions(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drain_timeout_seconds: float = Field(30.0, ge=0.0)
     max_request_bytes: int = Field(0, ge=0)
+    custom_op_libraries: str = ""
 
     @field_validator("grpc_channel_arguments")
     @classmethod
@@ -363,6 +370,10 @@ class ServerOptions(BaseModel):
     @property
     def inter_op_threads(self) -> int:
         return self.tensorflow_inter_op_parallelism or self.tensorflow_session_parallelism
+
+    @property
+    def op_libraries(self) -> list[str]:
+        return [p.strip() for p in self.custom_op_libraries.split(",") if p.strip()]
 
     @property
     def max_message_bytes(self) -> int:

@@ -35,6 +35,7 @@ from serving.servables.base import (
     Servable,
 )
 from serving.servables.callables import TunedCallable
+from serving.servables.ops import explain_missing_op
 from serving.servables.signature import Signature
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,8 @@ class SessionServable(Servable):
         except (tf.errors.OpError, RuntimeError, ValueError, OSError, KeyError) as exc:
             message = (getattr(exc, "message", None) or str(exc)).strip()
             code = exc.error_code if isinstance(exc, tf.errors.OpError) else 2
-            raise LoadError(message.splitlines()[0] if message else repr(exc), code) from exc
+            first = explain_missing_op(message.splitlines()[0]) if message else repr(exc)
+            raise LoadError(first, code) from exc
         self._warn_on_absent_devices(path, pinned, device if options.clear_devices else "")
         log.debug("session for %s built in %.3fs", path, time.monotonic() - started)
         return meta_graph

@@ -1,0 +1,70 @@
+"""Custom TensorFlow op libraries, registered before any model loads.
+
+TF Serving links TensorFlow Text's ops into its binary, so models that
+tokenize in-graph serve there; here they come from the `tensorflow-text`
+package (the `model-server[text]` extra) when it is installed. Any other op
+library (a `.so` built against this TensorFlow) is named with
+`--custom_op_libraries`. Op registration is process-wide, so loading once at
+start-up serves every model; a library that does not load stops start-up,
+since the models that need it could never load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Iterable
+
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+TEXT_PACKAGE = "tensorflow_text"
+
+
+class OpLibraryError(RuntimeError):
+    """A requested op library could not be loaded."""
+
+
+def load_tensorflow_text() -> str | None:
+    """Register TensorFlow Text's ops if the package is installed; its version."""
+    try:
+        module = importlib.import_module(TEXT_PACKAGE)
+    except ModuleNotFoundError as exc:
+        if exc.name == TEXT_PACKAGE:
+            return None  # not installed: nothing to register
+        log.warning("tensorflow-text is installed but did not import: %s", exc)
+        return None
+    except (ImportError, tf.errors.OpError) as exc:
+        # Most often a build for another TensorFlow: say so, serve the rest.
+        message = getattr(exc, "message", None) or str(exc)
+        log.warning("tensorflow-text ops did not load: %s", message.strip().splitlines()[0])
+        return None
+    version = str(getattr(module, "__version__", "?"))
+    log.info("TensorFlow Text ops loaded (tensorflow-text %s)", version)
+    return version
+
+
+def load_op_libraries(paths: Iterable[str]) -> None:
+    """Load each `.so` (ops and kernels) with TensorFlow's plugin loader."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise OpLibraryError(f"custom op library {path}: no such file")
+        try:
+            tf.load_library(path)
+        except (tf.errors.OpError, OSError, RuntimeError) as exc:
+            message = (getattr(exc, "message", None) or str(exc)).strip()
+            first = message.splitlines()[0] if message else type(exc).__name__
+            raise OpLibraryError(f"custom op library {path} did not load: {first}") from None
+        log.info("custom op library loaded: %s", path)
+
+
+def explain_missing_op(message: str) -> str:
+    """TensorFlow's "Op type not registered" error, with how to register the op here."""
+    if "Op type not registered" not in message:
+        return message
+    return (
+        f"{message} (a custom op: install model-server[text] for TensorFlow Text's ops, "
+        "or load its library with --custom_op_libraries)"
+    )
