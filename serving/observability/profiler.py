@@ -78,6 +78,7 @@ class ProfilerProxy(grpc.GenericRpcHandler):
     async def _ready_channel(self, context: grpc.aio.ServicerContext) -> grpc.aio.Channel:
         async with self._lock:
             if self._channel is None:
+                channel: grpc.aio.Channel | None = None
                 try:
                     port = await asyncio.to_thread(self._start)
                     channel = grpc.aio.insecure_channel(
@@ -88,8 +89,12 @@ class ProfilerProxy(grpc.GenericRpcHandler):
                         ],
                     )
                     await asyncio.wait_for(channel.channel_ready(), _READY_TIMEOUT_S)
-                except (Exception, asyncio.TimeoutError) as exc:
-                    log.error("TensorFlow profiler server did not start: %s", exc)
+                except Exception as exc:
+                    # Most likely the picked port was taken meanwhile: the
+                    # next call starts one on another port.
+                    if channel is not None:
+                        await channel.close()
+                    log.error("TensorFlow profiler server did not start: %r", exc)
                     await context.abort(
                         grpc.StatusCode.UNAVAILABLE, "profiler service could not start"
                     )

@@ -60,6 +60,11 @@ def test_trace_records_the_ops_of_requests_served(
     names = event_names(logdir)
     # half_plus_two's graph ops (name:type), as TensorFlow's executor traced them.
     assert {"Mul:Mul", "y:AddV2"} <= names, sorted(names)[:40]
+    # The service's other methods reach TensorFlow's server too: its Monitor
+    # answers UNIMPLEMENTED itself (as through TF Serving), not gRPC's
+    # "Method not found!" for an unregistered method.
+    with pytest.raises(RuntimeError, match=r"^UNIMPLEMENTED: unimplemented\.$"):
+        tf.profiler.experimental.client.monitor(f"grpc://127.0.0.1:{server.grpc_port}", 100)
     server.check_alive()
 
 
@@ -72,3 +77,4 @@ def test_disabled_profiler_is_not_served(start_server, model_store: Path, tmp_pa
     with pytest.raises(grpc.RpcError) as err:
         profile(b"", timeout=10)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.details() == "Method not found!"
