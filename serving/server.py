@@ -27,7 +27,7 @@ from serving.observability.profiler import ProfilerProxy, add_profiler_service
 from serving.protos import SSLConfig
 from serving.servables.base import LoadError, Servable
 from serving.servables.loader import load_placed
-from serving.servables.ops import OpLibraryError, load_op_libraries, load_tensorflow_text
+from serving.servables.ops import OpLibraryError, load_op_libraries
 from serving.servables.session_bundle import SessionOptions
 from serving.servables.warmup import warmup
 from serving.sources.poller import FileSystemSource
@@ -104,7 +104,6 @@ class ModelServer:
     def __init__(self, options: ServerOptions) -> None:
         check_options(options)
         self.options = options
-        load_tensorflow_text()
         try:
             load_op_libraries(options.op_libraries)
         except OpLibraryError as exc:

@@ -2,21 +2,26 @@
 
 TF Serving links TensorFlow Text's ops into its binary, so models that
 tokenize in-graph serve there; here they come from the `tensorflow-text`
-package (the `model-server[text]` extra) when it is installed. Any other op
-library (a `.so` built against this TensorFlow) is named with
-`--custom_op_libraries`. Op registration is process-wide, so loading once at
-start-up serves every model; a library that does not load stops start-up,
-since the models that need it could never load.
+package (the `model-server[text]` extra) when it is installed. Its op
+libraries are large (each links its own dependencies), so they are loaded
+only when a model's graph uses ops not registered yet, once, before that
+model is imported. Any other op library (a `.so` built against this TensorFlow) is
+named with `--custom_op_libraries` and loaded at start-up; one that does not
+load stops start-up, since the models that need it could never load. Op
+registration is process-wide: one load serves every model.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
 from collections.abc import Iterable
 
 import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.python.framework import op_def_registry
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,23 @@ class OpLibraryError(RuntimeError):
     """A requested op library could not be loaded."""
 
 
+def missing_ops(meta_graph: meta_graph_pb2.MetaGraphDef) -> set[str]:
+    """Op types the graph (and its functions) uses that no library has registered."""
+    graph = meta_graph.graph_def
+    used = {node.op for node in graph.node}
+    for function in graph.library.function:
+        used.update(node.op for node in function.node_def)
+    defined = {function.signature.name for function in graph.library.function}
+    return {op for op in used - defined if op_def_registry.get(op) is None}
+
+
+def register_missing_ops(meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
+    """Load TensorFlow Text's ops if this graph needs ops not registered yet."""
+    if missing_ops(meta_graph):
+        load_tensorflow_text()
+
+
+@functools.cache
 def load_tensorflow_text() -> str | None:
     """Register TensorFlow Text's ops if the package is installed; its version."""
     try:

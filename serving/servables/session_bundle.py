@@ -35,7 +35,7 @@ from serving.servables.base import (
     Servable,
 )
 from serving.servables.callables import TunedCallable
-from serving.servables.ops import explain_missing_op
+from serving.servables.ops import explain_missing_op, register_missing_ops
 from serving.servables.signature import Signature
 
 log = logging.getLogger(__name__)
@@ -138,12 +138,10 @@ class SessionServable(Servable):
         started = time.monotonic()
         try:
             loader = loader_impl.SavedModelLoader(path)
+            stored = loader.get_meta_graph_def_from_tags(tags)
+            register_missing_ops(stored)  # TF Text's, if the graph needs them
             # Read before loading: clear_devices strips the pins in place.
-            pinned = {
-                node.device
-                for node in loader.get_meta_graph_def_from_tags(tags).graph_def.node
-                if node.device
-            }
+            pinned = {node.device for node in stored.graph_def.node if node.device}
             # The device scope applies to every imported op without a device
             # of its own; with clear_devices that is all of them.
             with self._graph.as_default(), self._graph.device(device or None):
