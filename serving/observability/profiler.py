@@ -32,9 +32,14 @@ _READY_TIMEOUT_S = 10.0
 def _unused_port() -> int:
     # The profiler server binds [::]:port and reports no chosen port back, so
     # one is picked here (the OS's ephemeral pick, released just before use).
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-        s.bind(("::", 0))
-        return s.getsockname()[1]
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::", 0))
+            return s.getsockname()[1]
+    except OSError:  # no IPv6 here: gRPC binds the IPv4 wildcard instead
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("0.0.0.0", 0))
+            return s.getsockname()[1]
 
 
 def _start_tf_profiler_server() -> int:

@@ -1,4 +1,4 @@
-"""Custom TensorFlow op libraries, registered before any model loads.
+"""Custom TensorFlow op libraries: TF Text's when a model needs them, others at start-up.
 
 TF Serving links TensorFlow Text's ops into its binary, so models that
 tokenize in-graph serve there; here they come from the `tensorflow-text`
