@@ -15,14 +15,14 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml $(wildcard protos/*/*/*.proto)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e .
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[text]'
 	$(BIN)/python -m serving.protogen
 	@touch $@
 
 install-test: $(TSTAMP)
 
 $(TSTAMP): $(STAMP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,text]'
 	@touch $@
 
 models: install

@@ -37,9 +37,11 @@ from serving.manager.manager import ServableManager
 from serving.observability import Observability
 from serving.observability import metrics as batch_metrics
 from serving.observability.http import HttpResponse
+from serving.observability.profiler import ProfilerProxy, add_profiler_service
 from serving.protos import SSLConfig
 from serving.servables.base import Servable
 from serving.servables.loader import load_placed
+from serving.servables.ops import OpLibraryError, load_op_libraries
 from serving.servables.session_bundle import SessionOptions
 from serving.servables.tflite import TfLiteOptions
 from serving.servables.warmup import warmup
@@ -123,6 +125,10 @@ class ModelServer:
         check_options(options)
         self.options = options
         try:
+            load_op_libraries(options.op_libraries)
+        except OpLibraryError as exc:
+            raise StartupError(str(exc)) from None
+        try:
             self.initial_models = initial_models(options)
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
@@ -182,6 +188,7 @@ class ModelServer:
         self.obs.bind(lambda: self.core.models, self.manager)
         self.observer = self.obs.observer
         self._grpc: grpc.aio.Server | None = None
+        self._profiler: ProfilerProxy | None = None
         self.grpc_addresses: list[str] = []
         # The REST server; others add routes to it.
         self.http: HttpServer | None = None
@@ -239,6 +246,8 @@ class ModelServer:
         model = ModelServicer(self.service, self._reload_config, observer=self.observer)
         add_services(server, prediction, model)
         self.obs.add_grpc_services(server)
+        if opts.enable_profiler:
+            self._profiler = add_profiler_service(server)
         addresses = []
         if opts.port:
             addresses.append(f"0.0.0.0:{opts.port}")
@@ -304,3 +313,5 @@ class ModelServer:
         if self.batching is not None:
             self.batching.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._profiler is not None:
+            await self._profiler.close()
