@@ -130,6 +130,12 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("flush_filesystem_caches", bool, True, "Accepted for compatibility.", inert=True),
     Flag(
+        "model_cache_dir",
+        str,
+        "",
+        "Local folder where versions from object storage (s3://, gs://, az://) are downloaded once and reused across restarts ('' = model-server-cache under the temp dir).",
+    ),
+    Flag(
         "tensorflow_session_parallelism",
         int,
         0,
@@ -295,6 +301,7 @@ class ServerOptions(BaseModel):
     load_retry_interval_micros: int = Field(60_000_000, ge=0)
     file_system_poll_wait_seconds: int = Field(1, ge=0)
     flush_filesystem_caches: bool = True
+    model_cache_dir: str = ""
     tensorflow_session_parallelism: int = Field(0, ge=0)
     tensorflow_session_config_file: str = ""
     tensorflow_intra_op_parallelism: int = Field(0, ge=0)

@@ -23,12 +23,14 @@ from serving.inference.service import InferenceService
 from serving.manager.heap import HeapFreezer
 from serving.manager.manager import ServableManager
 from serving.observability import Observability
+from serving.observability.metrics import StorageHooks
 from serving.protos import SSLConfig
 from serving.servables.base import LoadError, Servable
 from serving.servables.loader import load_placed
 from serving.servables.session_bundle import SessionOptions
 from serving.servables.warmup import warmup
 from serving.sources.poller import FileSystemSource
+from serving.storage import StorageError, Storages, is_remote, set_download_observer
 
 log = logging.getLogger("serving")
 
@@ -66,7 +68,10 @@ def check_options(options: ServerOptions) -> None:
 def initial_models(options: ServerOptions) -> ServerModels:
     if options.model_config_file:
         return load_file(options.model_config_file)
-    return single_model(options.model_name, os.path.abspath(options.model_base_path))
+    base_path = options.model_base_path
+    return single_model(
+        options.model_name, base_path if is_remote(base_path) else os.path.abspath(base_path)
+    )
 
 
 def session_options(options: ServerOptions) -> SessionOptions:
@@ -131,7 +136,12 @@ class ModelServer:
         )
         self.heap = HeapFreezer()  # keeps full GC pauses off the request path
         self.manager.add_listener(self.heap)
-        self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
+        # Object-storage versions are downloaded here by the load threads.
+        self.storages = Storages(options.model_cache_dir or None)
+        set_download_observer(StorageHooks())
+        self.source = FileSystemSource(
+            self.manager, options.file_system_poll_wait_seconds, self.storages
+        )
         self.core = ServerCore(self.manager, self.source)
         self.executor = ThreadPoolExecutor(
             max_workers=options.grpc_max_threads or max(8, 4 * (os.cpu_count() or 1)),
@@ -158,7 +168,11 @@ class ModelServer:
         # The REST server (serving.api.rest.http.HttpServer); others add routes to it.
         self.http = None
 
-    def load(self, name: str, version: int, path: str) -> Servable:
+    def load(self, name: str, version: int, location: str) -> Servable:
+        try:
+            path = self.storages.local_path(location)  # downloads a remote version once
+        except StorageError as exc:
+            raise LoadError(str(exc), code=14) from None  # 14 = UNAVAILABLE
         servable = load_placed(name, version, path, self.placement.session_options(name))
         if self.batching is not None:
             try:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 
 from serving.config.model_config import ModelConfig
 from serving.manager.manager import ServableManager
-from serving.sources.file_system import list_versions
+from serving.storage import StorageError, Storages, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +19,26 @@ class FileSystemSource:
 
     `poll_seconds == 0` polls once per configuration change (TF Serving's
     "poll once").
+
+    Base paths are read through `serving.storage` (local folders and object
+    storage alike). A remote base path that cannot be listed (missing bucket,
+    denied, unreachable) is retried with exponential backoff, capped at
+    MAX_BACKOFF_S; its error shows in the model's status and versions already
+    serving keep serving.
     """
 
-    def __init__(self, manager: ServableManager, poll_seconds: float) -> None:
+    MAX_BACKOFF_S = 60.0
+
+    def __init__(
+        self,
+        manager: ServableManager,
+        poll_seconds: float,
+        storages: Storages | None = None,
+    ) -> None:
         self._manager = manager
         self._poll_seconds = poll_seconds
+        self.storages = storages or Storages()
+        self._failures: dict[str, tuple[int, float]] = {}  # name -> (count, next try)
         self._models: dict[str, ModelConfig] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -36,10 +52,16 @@ class FileSystemSource:
     def set_models(self, models: Mapping[str, ModelConfig]) -> None:
         """Replace the watched models; removed models are unloaded."""
         with self._lock:
-            removed = set(self._models) - set(models)
+            old = self._models
+            removed = set(old) - set(models)
             self._models = dict(models)
         for name in removed:
             self._manager.remove_model(name)
+            self._failures.pop(name, None)
+        kept = {m.base_path for m in models.values()}
+        for model in old.values():
+            if model.base_path not in kept:
+                self.storages.close(model.base_path)
         self.poll_now()
 
     def poll_now(self) -> None:
@@ -57,6 +79,11 @@ class FileSystemSource:
             self.poll_once()
             if self._poll_seconds > 0:
                 self._wake.wait(self._poll_seconds)
+            elif self._failures:
+                # "Poll once" still retries a base path that could not be listed.
+                self._wake.wait(
+                    max(0.05, min(t for _, t in self._failures.values()) - time.monotonic())
+                )
             else:
                 self._wake.wait()
 
@@ -67,17 +94,32 @@ class FileSystemSource:
             self._poll_model(model)
 
     def _poll_model(self, model: ModelConfig) -> None:
+        failed = self._failures.get(model.name)
+        if failed is not None and failed[1] > time.monotonic():
+            return
         try:
-            versions = list_versions(model.base_path)
-        except OSError as exc:
+            versions = self.storages.versions(model.base_path)
+        except StorageError as exc:
             # Keep serving what is loaded: a transient storage error must not
             # unload a model (TF Serving also leaves the aspired set alone).
-            self._report(
-                model.name,
-                f"Could not find base path {model.base_path} for servable {model.name}: "
-                f"{exc.strerror or exc}",
-            )
+            message = str(exc)
+            if not is_remote(model.base_path):
+                message = (
+                    f"Could not find base path {model.base_path} for servable {model.name}: "
+                    + message.split(": ", 1)[-1]
+                )
+            else:
+                count = failed[0] + 1 if failed else 1
+                delay = min(self.MAX_BACKOFF_S, max(self._poll_seconds, 0.5) * 2 ** (count - 1))
+                self._failures[model.name] = (count, time.monotonic() + delay)
+                message = f"{message} (servable {model.name}; retrying in {delay:.1f}s)"
+            self._report(model.name, message)
+            self._manager.set_source_error(model.name, str(exc))
             return
+        if failed is not None:
+            log.info("%s: base path %s is readable again", model.name, model.base_path)
+            del self._failures[model.name]
+        self._manager.set_source_error(model.name, None)
         if not versions:
             self._report(
                 model.name,
@@ -95,9 +137,8 @@ class FileSystemSource:
                     "served as a 'specific' version in the servable's version policy, was not "
                     "found in the file system",
                 )
-        self._manager.set_aspired_versions(
-            model.name, {v: versions[v].path for v in sorted(chosen)}
-        )
+        self._manager.set_aspired_versions(model.name, {v: versions[v] for v in sorted(chosen)})
+        self.storages.open(model.base_path).retain(chosen)
 
     def _report(self, key: str, message: str) -> None:
         """Log a problem once, not on every poll."""
