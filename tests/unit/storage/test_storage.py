@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.storage import Storages, StorageError, is_remote, open_storage, remote
+from serving.storage import StorageError, Storages, is_remote, open_storage, remote
 from serving.storage.local import LocalStorage
 from serving.storage.remote import MARKER, RemoteFile, is_complete, s3_options
 from tests.conftest import S3
