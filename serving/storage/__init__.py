@@ -16,10 +16,13 @@ import threading
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+from serving.storage import events
 from serving.storage.errors import StorageError
+from serving.storage.events import DownloadObserver
 
 __all__ = [
     "REMOTE_SCHEMES",
+    "DownloadObserver",
     "ModelStorage",
     "StorageError",
     "Storages",
@@ -94,11 +97,9 @@ def open_storage(base_path: str, cache_dir: str) -> ModelStorage:
     )
 
 
-def set_download_observer(observer: object) -> None:
-    """Send cache-fill progress (bytes, seconds, outcomes) to `observer`; see remote.py."""
-    from serving.storage import remote
-
-    remote.set_observer(observer)  # type: ignore[arg-type]
+def set_download_observer(observer: DownloadObserver) -> None:
+    """Send cache-fill progress (bytes, seconds, outcomes) to `observer`."""
+    events.set_observer(observer)
 
 
 class Storages:

@@ -36,9 +36,11 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from serving.storage import events
 from serving.storage.errors import StorageError
+from serving.storage.events import DownloadObserver
 from serving.storage.local import parse_version
 
 log = logging.getLogger(__name__)
@@ -419,37 +421,5 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class DownloadObserver(Protocol):
-    """Told about cache fills; the server plugs its metrics in (see set_observer)."""
-
-    def downloaded(self, scheme: str, size: int) -> None: ...
-    def download_finished(self, scheme: str, seconds: float) -> None: ...
-    def download_failed(self, scheme: str) -> None: ...
-    def cache_hit(self, scheme: str) -> None: ...
-
-
-class _Quiet:
-    def downloaded(self, scheme: str, size: int) -> None:
-        pass
-
-    def download_finished(self, scheme: str, seconds: float) -> None:
-        pass
-
-    def download_failed(self, scheme: str) -> None:
-        pass
-
-    def cache_hit(self, scheme: str) -> None:
-        pass
-
-
-_observer: DownloadObserver = _Quiet()
-
-
-def set_observer(observer: DownloadObserver) -> None:
-    """Where download progress goes (the storage layer imports no metrics code)."""
-    global _observer
-    _observer = observer
-
-
 def _metrics() -> DownloadObserver:
-    return _observer
+    return events.observer()

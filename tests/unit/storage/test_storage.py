@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.storage import StorageError, Storages, is_remote, open_storage, remote
+from serving.storage import StorageError, Storages, events, is_remote, open_storage
 from serving.storage.local import LocalStorage
 from serving.storage.remote import MARKER, RemoteFile, is_complete, s3_options
 from tests.conftest import S3
@@ -39,7 +39,7 @@ class Counting:
 @pytest.fixture
 def observed(monkeypatch) -> Counting:
     counting = Counting()
-    monkeypatch.setattr(remote, "_observer", counting)
+    monkeypatch.setattr(events, "_observer", counting)
     return counting
 
 
