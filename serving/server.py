@@ -30,7 +30,7 @@ from serving.servables.loader import load_placed
 from serving.servables.session_bundle import SessionOptions
 from serving.servables.warmup import warmup
 from serving.sources.poller import FileSystemSource
-from serving.storage import StorageError, Storages, is_remote, set_download_observer
+from serving.storage import StorageError, Storages, set_download_observer
 
 log = logging.getLogger("serving")
 
@@ -70,7 +70,7 @@ def initial_models(options: ServerOptions) -> ServerModels:
         return load_file(options.model_config_file)
     base_path = options.model_base_path
     return single_model(
-        options.model_name, base_path if is_remote(base_path) else os.path.abspath(base_path)
+        options.model_name, base_path if "://" in base_path else os.path.abspath(base_path)
     )
 
 

@@ -79,11 +79,13 @@ class FileSystemSource:
             self.poll_once()
             if self._poll_seconds > 0:
                 self._wake.wait(self._poll_seconds)
-            elif self._failures:
-                # "Poll once" still retries a base path that could not be listed.
-                self._wake.wait(
-                    max(0.05, min(t for _, t in self._failures.values()) - time.monotonic())
-                )
+            elif self._failures or self.storages.pending():
+                # "Poll once" still retries a base path that could not be listed,
+                # and lists again a remote version caught mid-upload (a version
+                # is taken up only once two listings agree).
+                due = min((t for _, t in self._failures.values()), default=0.0)
+                least = 1.0 if self.storages.pending() else 0.05
+                self._wake.wait(max(least, due - time.monotonic()))
             else:
                 self._wake.wait()
 

@@ -148,6 +148,12 @@ class Storages:
             return None
         return known[0].fingerprint(known[1])
 
+    def pending(self) -> bool:
+        """True while some remote version waits for another listing to be taken up."""
+        with self._lock:
+            opened = list(self._open.values())
+        return any(getattr(storage, "pending", False) for storage in opened)
+
     def close(self, base_path: str) -> None:
         """Forget a base path that is no longer configured."""
         with self._lock:

@@ -257,6 +257,12 @@ class RemoteStorage:
         with self._lock:
             return fingerprint_of(self._files.get(version, {}))
 
+    @property
+    def pending(self) -> bool:
+        """Versions seen but not listed yet (incomplete, or changed since the last poll)."""
+        with self._lock:
+            return bool(set(self._files) - self._released)
+
     # ------------------------------------------------------------------ cache
 
     def _final(self, version: int) -> str:
