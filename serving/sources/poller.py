@@ -92,13 +92,25 @@ class FileSystemSource:
     def poll_once(self) -> None:
         with self._lock:
             models = list(self._models.values())
+        # Cached copies are dropped per base path, keeping what any model
+        # reading it still aspires (two models may share a base path).
+        keep: dict[str, set[int]] = {}
+        unlisted: set[str] = set()
         for model in models:
-            self._poll_model(model)
+            chosen = self._poll_model(model)
+            if chosen is None:
+                unlisted.add(model.base_path)
+            else:
+                keep.setdefault(model.base_path, set()).update(chosen)
+        for base_path, versions in keep.items():
+            if base_path not in unlisted:
+                self.storages.open(base_path).retain(versions)
 
-    def _poll_model(self, model: ModelConfig) -> None:
+    def _poll_model(self, model: ModelConfig) -> set[int] | None:
+        """Aspire the model's versions; the chosen ones, or None if not listed."""
         failed = self._failures.get(model.name)
         if failed is not None and failed[1] > time.monotonic():
-            return
+            return None
         try:
             versions = self.storages.versions(model.base_path)
         except StorageError as exc:
@@ -117,7 +129,7 @@ class FileSystemSource:
                 message = f"{message} (servable {model.name}; retrying in {delay:.1f}s)"
             self._report(model.name, message)
             self._manager.set_source_error(model.name, str(exc))
-            return
+            return None
         if failed is not None:
             log.info("%s: base path %s is readable again", model.name, model.base_path)
             del self._failures[model.name]
@@ -140,7 +152,7 @@ class FileSystemSource:
                     "found in the file system",
                 )
         self._manager.set_aspired_versions(model.name, {v: versions[v] for v in sorted(chosen)})
-        self.storages.open(model.base_path).retain(chosen)
+        return chosen
 
     def _report(self, key: str, message: str) -> None:
         """Log a problem once, not on every poll."""

@@ -126,8 +126,8 @@ def filesystem(base_path: str) -> tuple[Any, str]:
         raise StorageError(
             f"No filesystem for {scheme}:// is installed ({exc})", transient=False
         ) from None
-    except (ValueError, TypeError) as exc:
-        raise StorageError(f"Malformed base path {base_path}: {exc}", transient=False) from None
+    except Exception as exc:  # malformed URL, or no account/credentials configured
+        raise StorageError(f"Cannot open base path {base_path}: {exc}") from None
     return fs, path.rstrip("/")
 
 
@@ -197,6 +197,7 @@ class RemoteStorage:
         self._names: dict[int, str] = {}
         self._seen: dict[int, tuple] = {}  # fingerprint at the previous poll
         self._released: set[int] = set()
+        self._waiting: set[int] = set()  # seen, not yet complete (logged once)
         self._version_locks: dict[int, threading.Lock] = {}
         self._remove_stale_temporaries()
 
@@ -237,6 +238,13 @@ class RemoteStorage:
                     is_complete(files) and (stamp == previous or self._cached_as(number, stamp))
                 )
                 if not ready:
+                    if number not in self._waiting:
+                        self._waiting.add(number)
+                        log.info(
+                            "%s: version %d seen; taken up once its upload is complete",
+                            self.base_path,
+                            number,
+                        )
                     continue
                 if number not in self._released:
                     log.info(
@@ -250,6 +258,7 @@ class RemoteStorage:
                 found[number] = f"{self.base_path}/{names[number]}"
             self._files, self._names = grouped, names
             self._released &= set(grouped)
+            self._waiting &= set(grouped) - self._released
             self._seen = {n: s for n, s in self._seen.items() if n in grouped}
         return found
 
