@@ -1,8 +1,9 @@
-"""Per-request accounting shared by the gRPC and REST adapters.
+"""Per-request accounting for every protocol.
 
-Protocol adapters call, around every request:
+The request context every protocol runs its requests in
+(serving.inference.context.RequestContext) calls, around each request:
 
-    token = observer.start(api, protocol, request_or_model_name)
+    token = observer.start(api, protocol, model_name)
     ... handle ...
     observer.finish(token, grpc.StatusCode)
 
@@ -11,8 +12,8 @@ name is counted without its name, so clients cannot create series) and puts
 the call in a context variable. The version and signature are only known
 once the inference layer has picked a servable: `ObservedRunner`, which
 wraps the runner, fills them in from the servable it is handed and times
-the model run itself. The adapters therefore need no knowledge of metrics,
-and the inference layer none of protocols.
+the model run itself. Neither the protocol adapters nor the inference layer
+know anything of metrics.
 
 The observer also counts in-flight requests, which the SIGTERM drain waits on.
 """
@@ -55,17 +56,6 @@ _current: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
 )
 
 
-def _request_model(request: object) -> str | None:
-    """The model a protobuf request names (MultiInference: its first task's)."""
-    spec = getattr(request, "model_spec", None)
-    if spec is not None:
-        return spec.name
-    tasks = getattr(request, "tasks", None)
-    if tasks:
-        return tasks[0].model_spec.name
-    return None
-
-
 class RequestObserver:
     def __init__(self, metrics: Metrics, configured: Callable[[], Collection[str]]) -> None:
         self._metrics = metrics
@@ -80,15 +70,14 @@ class RequestObserver:
     def inflight(self) -> int:
         return self._inflight
 
-    def start(self, api: str, protocol: str, request: object = None) -> Call:
-        """Begin accounting for one request.
+    def start(self, api: str, protocol: str, name: str | None = None) -> Call:
+        """Begin accounting for one request to model `name` (as the client spelled it).
 
         Raises ServingError(UNAVAILABLE) while the server drains; the adapter
         reports it like any other error (nothing to `finish`).
         """
         if self.draining:
             raise ServingError(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
-        name = request if isinstance(request, str) or request is None else _request_model(request)
         model = ""
         if name:
             if name in self._configured():
