@@ -6,7 +6,12 @@ on one event loop and batch of one:
 
 - `model`: the signature call alone (`servable.run`), the floor;
 - `grpc`: the gRPC Predict handler, a PredictRequest in, a PredictResponse out;
-- `rest`: the REST predict handler, a JSON body in, a JSON body out.
+- `rest`: the REST predict handler, a JSON body in, a JSON body out;
+- `rest+http`: the same through the HTTP server's dispatch (its routing and,
+  where it keeps one, its per-request time limit), still without a socket.
+
+Figures are CPU time per call (best and median of the rounds), which a busy
+machine disturbs far less than wall time.
 
 The difference between a handler and the floor is what the request path
 (codecs, the request context, metrics, the manager handle) adds per request.
@@ -49,29 +54,40 @@ def _request() -> predict_pb2.PredictRequest:
 
 
 async def _time(call: Callable[[], Awaitable[object]], rounds: int, number: int) -> list[float]:
-    """Mean µs per call for each of `rounds` runs of `number` calls (timeit's scheme)."""
+    """Mean CPU µs per call for each of `rounds` runs of `number` calls (timeit's scheme).
+
+    CPU time of the whole process (TensorFlow's threads included), not wall
+    time: on a shared machine other processes' load would swamp the figures.
+    """
     for _ in range(number):
         await call()
     means = []
     for _ in range(rounds):
-        started = time.perf_counter()
+        started = time.process_time()
         for _ in range(number):
             await call()
-        means.append((time.perf_counter() - started) / number * 1e6)
+        means.append((time.process_time() - started) / number * 1e6)
     return means
 
 
 def _build(server):
+    """The two handlers, and the HTTP server's dispatch, wired as the server wires them."""
+    import inspect
+
     from serving.api.grpc.services import PredictionServicer
     from serving.api.rest.handlers import RestApi
+    from serving.api.rest.http import HttpServer
 
-    try:  # the servicers take the observer from the service
-        grpc_api = PredictionServicer(server.service)
-        rest_api = RestApi(server.service, timeout_s=30.0)
-    except TypeError:
+    if "observer" in inspect.signature(PredictionServicer).parameters:  # before one path
         grpc_api = PredictionServicer(server.service, observer=server.observer)
         rest_api = RestApi(server.service, server.observer, 30.0)
-    return grpc_api, rest_api
+        http = HttpServer(max_body_bytes=1 << 30, timeout_s=30.0)
+    else:
+        grpc_api = PredictionServicer(server.service)
+        rest_api = RestApi(server.service, timeout_s=30.0)
+        http = HttpServer(max_body_bytes=1 << 30)
+    rest_api.mount(http)
+    return grpc_api, rest_api, http
 
 
 async def measure(rounds: int, number: int) -> dict[str, float]:
@@ -92,7 +108,7 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
                 raise RuntimeError("half_plus_two did not load")
             await asyncio.sleep(0.05)
         try:
-            grpc_api, rest_api = _build(server)
+            grpc_api, rest_api, http = _build(server)
             request, context = _request(), _Context()
             body = json.dumps({"instances": [[1.0]]}).encode()
             http_request = Request("POST", f"/v1/models/{MODEL}:predict", "", {}, body)
@@ -111,7 +127,17 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
                 assert response.status == 200, response.body
                 return response
 
-            calls = {"model": model, "grpc": grpc_predict, "rest": rest_predict}
+            async def rest_dispatch() -> object:
+                response = await http.dispatch(http_request)
+                assert response.status == 200, response.body
+                return response
+
+            calls = {
+                "model": model,
+                "grpc": grpc_predict,
+                "rest": rest_predict,
+                "rest+http": rest_dispatch,
+            }
             results: dict[str, list[float]] = {name: [] for name in calls}
             for _ in range(rounds):  # interleaved, so machine noise hits each alike
                 for name, call in calls.items():
@@ -133,10 +159,10 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(measure(args.rounds, args.number))
     floor = result["model"]
-    print(f"{'path':<8}{'best µs':>10}{'median µs':>12}{'over model':>12}")
-    for name in ("model", "grpc", "rest"):
+    print(f"{'path':<10}{'best µs':>10}{'median µs':>12}{'over model':>12}")
+    for name in ("model", "grpc", "rest", "rest+http"):
         best, median = result[name], result[f"{name}_median"]
-        print(f"{name:<8}{best:>10.1f}{median:>12.1f}{best - floor:>12.1f}")
+        print(f"{name:<10}{best:>10.1f}{median:>12.1f}{best - floor:>12.1f}")
 
 
 if __name__ == "__main__":
