@@ -37,8 +37,8 @@ def status_response(
     for status in statuses:
         out = response.model_version_status.add()
         out.version = status.version
-        out.state = int(status.state)  # type: ignore[assignment]
-        out.status.error_code = status.error_code  # type: ignore[assignment]
+        out.state = int(status.state)
+        out.status.error_code = status.error_code
         out.status.error_message = status.error
     return response
 

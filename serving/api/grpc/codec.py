@@ -190,7 +190,7 @@ def from_ndarray(
     if dtype is None:
         dtype = _dtype_of(array)
     proto = out if out is not None else tensor_pb2.TensorProto()
-    proto.dtype = dtype  # type: ignore[assignment]
+    proto.dtype = dtype
     for size in array.shape:
         proto.tensor_shape.dim.add().size = size
     flat = array.reshape(-1)
@@ -209,7 +209,7 @@ def from_ndarray(
 def to_tensor_content(array: np.ndarray, out: tensor_pb2.TensorProto) -> None:
     """Encode a numeric tensor as raw bytes (--enable_serialization_as_tensor_content)."""
     array = np.ascontiguousarray(array)
-    out.dtype = _dtype_of(array)  # type: ignore[assignment]
+    out.dtype = _dtype_of(array)
     for size in array.shape:
         out.tensor_shape.dim.add().size = size
     out.tensor_content = array.tobytes()

@@ -183,7 +183,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     ) -> model_management_pb2.ReloadConfigResponse:
         await self.service.reload(request.config)
         response = model_management_pb2.ReloadConfigResponse()
-        response.status.error_code = 0  # type: ignore[assignment]
+        response.status.error_code = 0
         return response
 
 

@@ -171,7 +171,8 @@ def _ref(name: str, version: str | None, label: str | None) -> ModelRef:
 
 def _ordered(message: Any, data: dict) -> dict:
     """Key order of protobuf's C++ JSON printer: plain fields first, then set oneof members."""
-    plain, oneof = {}, {}
+    plain: dict[str, Any] = {}
+    oneof: dict[str, Any] = {}
     fields = message.DESCRIPTOR.fields_by_name
     for key, value in data.items():
         field = fields.get(key) or next(
