@@ -189,13 +189,15 @@ class ModelServer:
             except BatchingConfigError as exc:
                 raise StartupError(str(exc)) from None
         self.runner: Runner = self.obs.wrap_runner(self.batching or DirectRunner(self.executor))
+        self.observer = self.obs.observer
         self.service = InferenceService(
             self.manager,
             self.runner,
+            observer=self.observer,
+            reload_config=self._reload_config,
             method_name_check=options.enable_signature_method_name_check,
         )
         self.obs.bind(lambda: self.core.models, self.manager)
-        self.observer = self.obs.observer
         self._grpc: grpc.aio.Server | None = None
         self._profiler: ProfilerProxy | None = None
         self.grpc_addresses: list[str] = []
@@ -254,11 +256,9 @@ class ModelServer:
         ]
         server = grpc.aio.server(options=channel_options)
         prediction = PredictionServicer(
-            self.service,
-            tensor_content=opts.enable_serialization_as_tensor_content,
-            observer=self.observer,
+            self.service, tensor_content=opts.enable_serialization_as_tensor_content
         )
-        model = ModelServicer(self.service, self._reload_config, observer=self.observer)
+        model = ModelServicer(self.service)
         add_services(server, prediction, model)
         self.obs.add_grpc_services(server)
         if opts.enable_profiler:
