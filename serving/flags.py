@@ -262,6 +262,30 @@ FLAGS: tuple[Flag, ...] = (
         0,
         "Largest request accepted over gRPC and REST (0 = 2 GiB, gRPC's limit).",
     ),
+    Flag(
+        "rest_api_host",
+        str,
+        "0.0.0.0",
+        "Address the HTTP/REST API binds (e.g. 127.0.0.1 for a sidecar; :: for IPv6).",
+    ),
+    Flag(
+        "rest_api_idle_timeout_seconds",
+        float,
+        75.0,
+        "Close an HTTP/REST connection idle this long between requests (0 = never).",
+    ),
+    Flag(
+        "rest_api_read_timeout_seconds",
+        float,
+        60.0,
+        "An HTTP/REST request (headers and body) must arrive within this time of its first byte, else 408 (0 = no limit).",
+    ),
+    Flag(
+        "rest_api_max_connections",
+        int,
+        0,
+        "Open HTTP/REST connections allowed; more are answered 503 and closed (0 = half the open-file limit, at most 10000).",
+    ),
 )
 
 _BY_NAME = {f.name: f for f in FLAGS}
@@ -328,6 +352,10 @@ class ServerOptions(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drain_timeout_seconds: float = Field(30.0, ge=0.0)
     max_request_bytes: int = Field(0, ge=0)
+    rest_api_host: str = Field("0.0.0.0", min_length=1)
+    rest_api_idle_timeout_seconds: float = Field(75.0, ge=0.0)
+    rest_api_read_timeout_seconds: float = Field(60.0, ge=0.0)
+    rest_api_max_connections: int = Field(0, ge=0)
 
     @field_validator("grpc_channel_arguments")
     @classmethod
