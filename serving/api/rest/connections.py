@@ -89,11 +89,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_bytes = 0
+        self._reading = False  # between a request's first byte and its end
         self._read_timer: asyncio.TimerHandle | None = None
         self._rejection: tuple[int, str] | None = None  # set by a parser callback
         self._pending_error: tuple[int, str] | None = None  # after the earlier answers
         self._discarding = False  # answered and closing: input is dropped
         self._close_when_answered = False  # the client half-closed
+        self.held: _CycleTransport | None = None  # a response head waiting for its body
 
     # ------------------------------------------------------------- connection
 
@@ -123,6 +125,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
+            if self._reading and self._read_timer is None and self.limits.read_timeout_s:
+                # Armed only when a request spans reads: most arrive in one.
+                self._read_timer = self.loop.call_later(self.limits.read_timeout_s, self._read_late)
         except httptools.HttpParserUpgrade:
             # No upgrades (websockets) here: answer the request as plain
             # HTTP, then close, since what follows is not HTTP/1.1.
@@ -146,9 +151,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
-        if self.limits.read_timeout_s:
-            self._cancel_read_timer()
-            self._read_timer = self.loop.call_later(self.limits.read_timeout_s, self._read_late)
+        self._reading = True
 
     def on_url(self, url: bytes) -> None:
         self._header_bytes += len(url)
@@ -172,10 +175,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
+        self._reading = False
         self._cancel_read_timer()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        if self.held is not None:
+            self.held.flush()
         idle = not self.pipeline  # the answer just sent was the last one owed
         super().on_response_complete()
         if not idle or self.transport.is_closing():
@@ -231,29 +237,56 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.loop.call_later(LINGER_SECONDS, transport.close)
 
     def _cancel_read_timer(self) -> None:
+        self._reading = self._reading and not self._discarding
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
 
 
 class _CycleTransport:
-    """What a request cycle writes through: closing mid-upload lingers."""
+    """What one request cycle writes through.
 
-    __slots__ = ("_protocol",)
+    Closing mid-upload lingers (see `LimitedHttpToolsProtocol.linger`). The
+    response head is held until the body follows, so a small response leaves
+    in one send() (one segment, one client wake-up) instead of uvicorn's two.
+    """
+
+    __slots__ = ("_cycle", "_head", "_head_seen", "_protocol")
 
     def __init__(self, protocol: LimitedHttpToolsProtocol) -> None:
         self._protocol = protocol
+        self._cycle = protocol.cycle
+        self._head: bytes | None = None
+        self._head_seen = False
 
     def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+            self._protocol.held = None
+        elif self._cycle.response_started and not self._head_seen:
+            # The cycle writes the head first, then the body; `100 Continue`
+            # (written before the response starts) passes straight through.
+            self._head_seen = True
+            self._head = data
+            self._protocol.held = self
+            return
         self._protocol.transport.write(data)
 
     def is_closing(self) -> bool:
         return self._protocol.transport.is_closing()
 
     def close(self) -> None:
+        self.flush()
         protocol = self._protocol
         cycle = protocol.cycle
         if cycle is not None and cycle.more_body and not protocol.transport.is_closing():
             protocol.linger()  # the client is still sending this request's body
         else:
             protocol.transport.close()
+
+    def flush(self) -> None:
+        """Write a held head whose body never came (HEAD, an empty body)."""
+        self._protocol.held = None
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._protocol.transport.write(head)
