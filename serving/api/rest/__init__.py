@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from serving.api.rest.handlers import RestApi
 from serving.api.rest.http import HttpServer, Limits, Request, Response
 
 log = logging.getLogger("serving.rest")
@@ -30,10 +29,22 @@ log = logging.getLogger("serving.rest")
 __all__ = ["HttpServer", "Limits", "Request", "Response", "RestApi", "start_rest"]
 
 
+def __getattr__(name: str) -> Any:
+    # The handlers import TensorFlow's protos; the transport alone (and its
+    # unit tests) should not.
+    if name == "RestApi":
+        from serving.api.rest.handlers import RestApi
+
+        return RestApi
+    raise AttributeError(name)
+
+
 async def start_rest(options: Any, service: Any, observer: Any = None) -> HttpServer | None:
     """Start REST on `options.rest_api_port`; None when the port is 0."""
     if not options.rest_api_port:
         return None
+    from serving.api.rest.handlers import RestApi
+
     timeout_s = options.rest_api_timeout_in_ms / 1000.0 or None
     limits = Limits(
         idle_timeout_s=options.rest_api_idle_timeout_seconds,
