@@ -192,6 +192,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         elif self._close_when_answered:
             self.transport.close()
 
+    def shutdown(self) -> None:
+        """Server stopping: a connection that is only draining input closes now."""
+        if self._discarding:
+            self.transport.close()
+        else:
+            super().shutdown()
+
     # ----------------------------------------------------------------- errors
 
     def _read_late(self) -> None:

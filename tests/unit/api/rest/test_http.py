@@ -306,6 +306,17 @@ def test_expect_100_continue_then_body() -> None:
         (b"BLAH\x00 / HTTP/1.1\r\n\r\n", 400, "Malformed HTTP request"),
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "Request URL over 65536 bytes"),
         (b"GET /x HTTP/1.1\r\n" + b"X-A: b\r\n" * 10_000 + b"\r\n", 431, "Request headers over"),
+        (
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
+            400,
+            "Chunk size overflow",
+        ),
+        (  # a 2^63-byte chunk: cut off at the body limit
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8000000000000000\r\n"
+            + b"x" * 2000,
+            413,
+            "Request body exceeds the limit of 1000 bytes",
+        ),
     ],
 )
 def test_unparseable_requests_get_json_errors(
