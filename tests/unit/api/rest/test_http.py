@@ -384,3 +384,33 @@ def test_stop_lets_a_running_request_finish_and_closes_idle_ones() -> None:
             await asyncio.open_connection("127.0.0.1", server.port)
 
     asyncio.run(main())
+
+
+def test_default_connection_cap_stays_below_the_file_limit(monkeypatch) -> None:
+    import resource
+
+    from serving.api.rest import http
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _kind: (1024, 4096))
+    assert Limits().connections == 512
+    monkeypatch.setattr(resource, "getrlimit", lambda _kind: (1 << 20, 1 << 20))
+    assert http.default_max_connections() == 10_000
+    assert Limits(max_connections=7).connections == 7
+
+
+def test_accept_errors_are_logged_at_most_once_per_interval(caplog) -> None:
+    async def test(server: HttpServer) -> None:
+        loop = asyncio.get_running_loop()
+        handler = loop.get_exception_handler()
+        assert handler is not None
+        context = {
+            "message": "socket.accept() out of system resource",
+            "exception": OSError(24, "Too many open files"),
+        }
+        for _ in range(100):
+            handler(loop, context)
+
+    with caplog.at_level("WARNING", logger="serving.rest"):
+        serve(test)
+    lines = [r for r in caplog.records if "accept" in r.getMessage()]
+    assert len(lines) == 1 and "Too many open files" in lines[0].getMessage()
