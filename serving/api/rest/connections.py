@@ -244,7 +244,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.loop.call_later(LINGER_SECONDS, transport.close)
 
     def _cancel_read_timer(self) -> None:
-        self._reading = self._reading and not self._discarding
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
