@@ -40,6 +40,7 @@ log = logging.getLogger("serving.rest")
 # up to this long (nginx's lingering_time is 30 s, lingering_timeout 5 s).
 LINGER_SECONDS = 5.0
 _REFUSED_LOG_INTERVAL_S = 10.0
+_READ_SIZE = 64 * 1024  # per recv(); below glibc's default mmap threshold
 _REASONS = {
     400: "Bad Request",
     408: "Request Timeout",
@@ -101,6 +102,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[arg-type]
+        if getattr(transport, "max_size", 0) > _READ_SIZE:
+            # asyncio reads into a fresh bytes object of max_size (256 KiB) per
+            # read: above malloc's mmap threshold, each read could cost an
+            # mmap, mremap and munmap (seen under load with strace).
+            transport.max_size = _READ_SIZE  # type: ignore[attr-defined]
         limit = self.limits.max_connections
         if limit and len(self.connections) > limit:
             _Refusals.note(self.loop.time(), limit)
