@@ -254,9 +254,15 @@ class ModelServer:
             ("grpc.so_reuseport", 0),
             *opts.channel_arguments,
         ]
-        server = grpc.aio.server(options=channel_options)
+        server = grpc.aio.server(
+            options=channel_options,
+            # Past this, calls get RESOURCE_EXHAUSTED at once rather than queueing.
+            maximum_concurrent_rpcs=opts.grpc_max_concurrent_rpcs or None,
+        )
         prediction = PredictionServicer(
-            self.service, tensor_content=opts.enable_serialization_as_tensor_content
+            self.service,
+            tensor_content=opts.enable_serialization_as_tensor_content,
+            max_tensor_elements=opts.max_tensor_elements,
         )
         model = ModelServicer(self.service)
         add_services(server, prediction, model)
