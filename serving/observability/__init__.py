@@ -60,6 +60,12 @@ class ServerHandle(Protocol):
     def core(self) -> ServerCore: ...
 
 
+class IdleWaiter(Protocol):
+    """Calls a protocol adapter holds, including those not yet observed."""
+
+    async def wait_idle(self, timeout: float) -> bool: ...
+
+
 class StoppableServer(Protocol):
     """The REST server, as the drain stops it."""
 
@@ -197,6 +203,7 @@ class Observability:
         grpc_server: grpc.aio.Server | None,
         grace: float,
         http: StoppableServer | None = None,
+        grpc_calls: IdleWaiter | None = None,
     ) -> bool:
         """SIGTERM: NOT_SERVING, stop accepting, let in-flight requests finish.
 
@@ -227,6 +234,11 @@ class Observability:
         await self.health.drain()
         started = time.monotonic()
         finished = await self.observer.wait_idle(grace)
+        if grpc_calls is not None:
+            # Calls still being parsed (not yet observed) or sending their
+            # response: cutting them short would answer CANCELLED.
+            left_s = grace - (time.monotonic() - started)
+            finished = await grpc_calls.wait_idle(left_s) and finished
         if stopping is not None:
             await asyncio.wait({stopping}, timeout=_FLUSH_SECONDS)
             if not stopping.done() and grpc_server is not None:

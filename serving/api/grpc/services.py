@@ -93,6 +93,36 @@ def rpc(
     return wrap
 
 
+class ActiveCalls:
+    """gRPC calls our handlers hold, from their first byte (before the request
+    is parsed and counted by the observer) to their last, so the drain waits
+    for every call the server accepted rather than cutting it short."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        if self.count == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(timeout, 0.0))
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._idle = None
+
+
 async def _offload(size: int, work: Callable[[], Any]) -> Any:
     """Run `work` here if it is small, else on a worker thread."""
     if size > OFFLOAD_BYTES:
@@ -258,11 +288,21 @@ def parse_request(kind: type[Message], data: bytes) -> Message | None:
         return None
 
 
-def _raw_method(method: Handler, kind: type[Message]) -> grpc.RpcMethodHandler:
+def _raw_method(
+    method: Handler, kind: type[Message], active: ActiveCalls | None = None
+) -> grpc.RpcMethodHandler:
     """A unary handler taking and returning bytes around `method`."""
     full_name = kind.DESCRIPTOR.full_name
+    calls = active if active is not None else ActiveCalls()
 
     async def call(self: Any, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        calls.enter()
+        try:
+            return await _handle(self, data, context)
+        finally:
+            calls.leave()
+
+    async def _handle(self: Any, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         size = len(data)
         request = await _offload(size, functools.partial(parse_request, kind, data))
         del data
@@ -285,6 +325,7 @@ def add_services(
     server: grpc.aio.Server,
     prediction: PredictionServicer,
     model: ModelServicer,
+    active: ActiveCalls | None = None,
 ) -> None:
     for servicer, service in (
         (prediction, "tensorflow.serving.PredictionService"),
@@ -293,7 +334,7 @@ def add_services(
         handlers = {}
         for name, kind in _METHODS[service].items():
             method = getattr(type(servicer), name)
-            behavior = functools.partial(_raw_method(method, kind), servicer)
+            behavior = functools.partial(_raw_method(method, kind, active), servicer)
             # No (de)serializers: the handler gets and returns the raw bytes.
             handlers[name] = grpc.unary_unary_rpc_method_handler(behavior)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
