@@ -259,10 +259,11 @@ def test_a_flood_gets_resource_exhausted_at_once_never_cancelled(slow_server):
 
 @pytest.mark.parametrize("slow_server", [0], indirect=True)  # no in-flight cap
 def test_sigterm_lets_every_accepted_request_finish_or_answers_unavailable(slow_server):
+    # SIGTERM right behind the requests: some are running, some the server has
+    # received but not yet started; none may end CANCELLED.
     futures = [
-        slow_server.predict_stub.Predict.future(slow_request(1.0), timeout=30) for _ in range(16)
+        slow_server.predict_stub.Predict.future(slow_request(2.0), timeout=30) for _ in range(16)
     ]
-    time.sleep(0.3)
     started = time.monotonic()
     os.kill(slow_server.proc.pid, signal.SIGTERM)
     codes = []
