@@ -255,6 +255,8 @@ def test_a_flood_gets_resource_exhausted_at_once_never_cancelled(slow_server):
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 40 - 8 - 8
     assert codes.count(grpc.StatusCode.OK) >= 1
+    # Refused at once, not after the running calls (one second each).
+    assert refused_within and max(refused_within) < 1.0, refused_within
 
 
 @pytest.mark.parametrize("slow_server", [0], indirect=True)  # no in-flight cap

@@ -248,3 +248,26 @@ def test_bytes_that_do_not_parse_are_internal_without_a_class_name(servers, data
     good = _predict_request([[1.0, 2.0]]).SerializeToString()
     answer = asyncio.run(call(typed, good, Context()))
     assert predict_pb2.PredictResponse.FromString(answer).outputs
+
+
+def test_active_calls_count_a_call_from_its_first_byte_to_its_answer(servers) -> None:
+    from serving.api.grpc.services import ActiveCalls, _raw_method
+
+    typed = servers[0]
+    active = ActiveCalls()
+    call = _raw_method(PredictionServicer.Predict, predict_pb2.PredictRequest, active)
+    seen: list[int] = []
+
+    async def run() -> None:
+        task = asyncio.ensure_future(
+            call(typed, _predict_request([[1.0]]).SerializeToString(), Context())
+        )
+        await asyncio.sleep(0)
+        seen.append(active.count)
+        assert not await active.wait_idle(0)  # still running: not idle yet
+        await task
+        seen.append(active.count)
+        assert await active.wait_idle(0)
+
+    asyncio.run(run())
+    assert seen == [1, 0]
