@@ -146,9 +146,10 @@ def test_a_broadcast_within_the_limit_costs_at_most_4x_the_tensor(server):
     assert len(response.outputs["y"].float_val) == count and y[0] == 3.0 and y[-1] == 3.0
     grew = peak(server) - before
     print(f"broadcast {count}: peak +{grew / MB:.0f} MB, small worst {max(latencies):.3f}s")
-    # The graph itself holds the input, TensorFlow's aligned copy of it, 0.5x
-    # and the output at once; encoding adds at most one more.
-    assert grew <= 5 * tensor_bytes
+    # The graph itself holds its input, 0.5x and the output at once; encoding
+    # holds the output, its packed bytes and the message; then the serialized
+    # response. Allow for the other client's calls and allocator slack.
+    assert grew <= 5.5 * tensor_bytes
     assert max(latencies) < SMALL_WORST_S
 
 
@@ -237,23 +238,27 @@ def _tensor(array: np.ndarray) -> tensor_pb2.TensorProto:
     return codec.from_ndarray(array)
 
 
+@pytest.mark.parametrize("slow_server", [2], indirect=True)  # two calls at a time
 def test_a_flood_gets_resource_exhausted_at_once_never_cancelled(slow_server):
-    futures = [
-        slow_server.predict_stub.Predict.future(slow_request(1.0), timeout=30) for _ in range(40)
-    ]
     started = time.monotonic()
+    ended: dict[int, float] = {}
+    futures = []
+    for index in range(40):
+        future = slow_server.predict_stub.Predict.future(slow_request(1.0), timeout=30)
+        future.add_done_callback(lambda _f, i=index: ended.setdefault(i, time.monotonic()))
+        futures.append(future)
     codes: list[grpc.StatusCode] = []
     refused_within: list[float] = []
-    for future in futures:
+    for index, future in enumerate(futures):
         try:
             future.result()
             codes.append(grpc.StatusCode.OK)
         except grpc.RpcError as exc:
             codes.append(exc.code())
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                refused_within.append(time.monotonic() - started)
+                refused_within.append(ended[index] - started)
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
-    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 40 - 8 - 8
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 40 - 2 - 8
     assert codes.count(grpc.StatusCode.OK) >= 1
     # Refused at once, not after the running calls (one second each).
     assert refused_within and max(refused_within) < 1.0, refused_within
