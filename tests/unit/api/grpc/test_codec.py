@@ -278,3 +278,13 @@ def test_encoding_from_numpy_writes_the_same_bytes_as_value_by_value(values) -> 
     getattr(slow, field).extend(flat.tolist())
     assert fast.SerializeToString() == slow.SerializeToString()
     assert codec.to_ndarray(fast).ravel().tolist() == values.tolist()
+
+
+def test_large_fields_go_through_in_chunks(monkeypatch) -> None:
+    monkeypatch.setattr(codec, "_CHUNK", 4)
+    values = np.arange(-5, 6, dtype=np.int64)
+    proto = codec.from_ndarray(values)
+    assert list(proto.int64_val) == values.tolist()
+    assert codec.to_ndarray(proto).tolist() == values.tolist()
+    half = np.linspace(-2, 2, 11).astype(np.float16)
+    assert codec.to_ndarray(codec.from_ndarray(half)).tolist() == half.tolist()
