@@ -273,6 +273,19 @@ class ServerOptions(BaseModel):
         "(0 = half the open-file limit, at most 10000).",
         ge=0,
     )
+    max_tensor_elements: int = flag(
+        100_000_000,
+        "Most elements any request tensor may expand to (a single typed value fills its "
+        "whole shape) and any response tensor may have; larger ones are refused before "
+        "anything is allocated. 0 = no limit.",
+        ge=0,
+    )
+    grpc_max_concurrent_rpcs: int = flag(
+        1024,
+        "Most gRPC calls handled at once; further calls get RESOURCE_EXHAUSTED at once "
+        "instead of queueing. 0 = no limit.",
+        ge=0,
+    )
     custom_op_libraries: str = flag(
         "", "Comma-separated TensorFlow op libraries (.so) to load at start-up, before any model."
     )
