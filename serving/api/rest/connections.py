@@ -91,7 +91,7 @@ def protocol_class(limits: Limits) -> type[LimitedHttpToolsProtocol]:
 
 def error_bytes(status: int, message: str) -> bytes:
     """A whole `Connection: close` response, for answers written outside a request cycle."""
-    body = jsonfmt.error_json(message).encode()
+    body = jsonfmt.error_body(message)
     head = (
         f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
         "content-type: application/json\r\n"

@@ -38,6 +38,17 @@ def error_json(message: str) -> str:
     return "{\n" + INDENT + '"error": ' + json_string(message) + "\n}"
 
 
+def error_body(message: str) -> bytes:
+    """`error_json` as bytes. A message may quote request text that is not valid UTF-8
+    (kept as surrogate escapes, written back as the client's bytes, as rapidjson
+    does) or a lone surrogate (written as a \\u escape); encoding never fails."""
+    text = error_json(message)
+    try:
+        return text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="backslashreplace")
+
+
 def _bytes_text(value: object) -> str:
     # TF Serving writes string tensors' raw bytes; undecodable bytes pass through
     # unchanged (surrogateescape), as rapidjson does not validate UTF-8.
