@@ -478,16 +478,17 @@ def _fast(value: object, spec: TensorSpec) -> np.ndarray | None:
             if np.abs(arr).max() > limit:
                 return None
         else:
-            finite = arr[np.isfinite(arr)]
-            big = np.abs(finite)
-            # An integral value past the limit may have been a JSON int: check exactly.
-            if (
-                big.size
-                and big.max() > limit
-                and ((big > limit) & (finite == np.floor(finite))).any()
-            ):
-                return None
-            if not double and big.size and big.max() > _FLT_MAX:
+            # Without temporaries the size of `arr` in the common case (all
+            # finite, all small): a large request's peak memory is set here.
+            finite_mask = np.isfinite(arr)
+            finite = arr if finite_mask.all() else arr[finite_mask]
+            top = max(float(finite.max()), -float(finite.min())) if finite.size else 0.0
+            if top > limit:
+                big = np.abs(finite)
+                # An integral value past the limit may have been a JSON int: check exactly.
+                if ((big > limit) & (finite == np.floor(finite))).any():
+                    return None
+            if not double and top > _FLT_MAX:
                 return None
         return arr.astype(spec.np_dtype)
     if kind == "f":

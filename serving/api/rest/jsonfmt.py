@@ -23,6 +23,8 @@ from serving.api.rest.floatfmt import float_specs
 from serving.errors import invalid_argument
 
 INDENT = "    "
+# Numbers formatted per `%` operation when a large answer is written in slices.
+_CHUNK_ELEMENTS = 1 << 16
 _ESCAPES = {i: f"\\u{i:04X}" for i in range(0x20)}
 _ESCAPES.update({0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"})
 _ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
@@ -163,6 +165,33 @@ def _check_batch(outputs: Mapping[str, np.ndarray]) -> int:
     return batch
 
 
+def _rows_text(rows: list) -> str:
+    return ", ".join([layout(row, 2, True) for row in rows])
+
+
+def _single_rows(array: np.ndarray, head: str, tail: str) -> bytes | None:
+    """`_single` for a row-format answer, a slice of rows at a time.
+
+    A large tensor formatted in one go holds several Python objects per number
+    at once (pieces, numbers, their tuple, the text) and keeps the GIL for the
+    whole `%`; slices bound both, and the answer is joined once from bytes.
+    """
+    per_row = max(1, array[0].size) if array.ndim and len(array) else 1
+    step = max(1, _CHUNK_ELEMENTS // per_row)
+    if array.ndim == 0 or len(array) <= step:
+        return _single(array, head, _rows_text, tail)
+    parts: list[bytes] = [head.encode()]
+    for start in range(0, len(array), step):
+        part = _single(array[start : start + step], "", _rows_text, "")
+        if part is None:
+            return None
+        if start:
+            parts.append(b", ")
+        parts.append(part)
+    parts.append(tail.encode())
+    return b"".join(parts)
+
+
 def predict_row(outputs: Mapping[str, np.ndarray]) -> bytes:
     """`{"predictions": [...]}`: one entry per batch row (an object if several outputs)."""
     if not outputs:
@@ -173,9 +202,7 @@ def predict_row(outputs: Mapping[str, np.ndarray]) -> bytes:
     if len(outputs) == 1:
         ((name, array),) = outputs.items()
         array = np.asarray(array)
-        fast = _single(
-            array, head, lambda rows: ", ".join([layout(row, 2, True) for row in rows]), tail
-        )
+        fast = _single_rows(array, head, tail)
         if fast is not None:
             return fast
         rows = tensor_texts(name, array, np.ndim(array) + 1).tolist()
