@@ -237,8 +237,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if size > self.limits.max_body_bytes:
                 self._fail(
                     413,
-                    f"Request body chunk of {size} bytes exceeds the limit of "
-                    f"{self.limits.max_body_bytes} bytes",
+                    f"Request body exceeds the limit of {self.limits.max_body_bytes} bytes "
+                    f"(a chunk of {size} bytes)",
                 )
                 return
 

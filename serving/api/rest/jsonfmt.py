@@ -176,9 +176,9 @@ def _single_rows(array: np.ndarray, head: str, tail: str) -> bytes | None:
     at once (pieces, numbers, their tuple, the text) and keeps the GIL for the
     whole `%`; slices bound both, and the answer is joined once from bytes.
     """
-    per_row = max(1, array[0].size) if array.ndim and len(array) else 1
+    per_row = max(1, int(np.prod(array.shape[1:])))
     step = max(1, _CHUNK_ELEMENTS // per_row)
-    if array.ndim == 0 or len(array) <= step:
+    if array.ndim == 0 or len(array) <= step or array.dtype.kind not in "fiub":
         return _single(array, head, _rows_text, tail)
     parts: list[bytes] = [head.encode()]
     for start in range(0, len(array), step):
