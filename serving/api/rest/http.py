@@ -204,7 +204,7 @@ class RestApp:
             await self._send(send, method, error_response(413, message), close=True)
             return
         if length is None and "transfer-encoding" not in headers:
-            body = b""  # nothing to wait for
+            body: bytes | bytearray = b""  # nothing to wait for
         else:
             try:
                 body = await _read_body(receive, limit)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -103,9 +104,7 @@ def tensor_texts(name: str, array: np.ndarray, depth_for_b64: int = 0) -> np.nda
     raise invalid_argument(f"Failed to write JSON value for tensor type: {numpy_type_name(array)}")
 
 
-def _single(
-    array: np.ndarray, head: str, render: Callable[[np.ndarray], str], tail: str
-) -> bytes | None:
+def _single(array: np.ndarray, head: str, render: Callable[[Any], str], tail: str) -> bytes | None:
     """One numeric tensor: lay out the format pieces, then one `%` fills every number."""
     numeric = _numeric_specs(array)
     if numeric is None:
