@@ -190,16 +190,25 @@ class RestApi:
         return await self._offload(_encode, encode, result.outputs, deadline)
 
     async def classify(self, ref: ModelRef, request: Request) -> bytes:
-        doc = decode.parse_json(_take_body(request))
-        ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
-        result = await self.service.classify(ref, decode.examples(doc))
+        ref, examples = await self._examples(ref, request)
+        result = await self.service.classify(ref, examples)
         return jsonfmt.classify_json(result.classes, result.scores)
 
     async def regress(self, ref: ModelRef, request: Request) -> bytes:
-        doc = decode.parse_json(_take_body(request))
-        ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
-        result = await self.service.regress(ref, decode.examples(doc))
+        ref, examples = await self._examples(ref, request)
+        result = await self.service.regress(ref, examples)
         return jsonfmt.regress_json(result.values)
+
+    async def _examples(self, ref: ModelRef, request: Request) -> tuple[ModelRef, np.ndarray]:
+        """The signature and serialized tf.Examples; a large body off the event loop."""
+        if len(request.body) <= OFFLOAD_BYTES:
+            doc = decode.parse_json(_take_body(request))
+            ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
+            return ref, decode.examples(doc)
+        deadline = self._deadline()
+        doc, _fast = await self._offload(_parse_large, [_take_body(request)], deadline)
+        ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
+        return ref, await self._offload(decode.examples, doc)
 
     async def status(self, ref: ModelRef, request: Request) -> bytes:
         return _proto_json(status_response(self.service.status(ref))).encode()

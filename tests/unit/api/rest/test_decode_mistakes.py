@@ -14,7 +14,7 @@ import json
 import pytest
 
 from serving.api.rest import decode
-from serving.api.rest.handlers import RestApi
+from serving.api.rest.handlers import OFFLOAD_BYTES, RestApi
 from serving.api.rest.http import Request, Response
 from tests.unit.small_service import RecordingObserver, small_service
 
@@ -100,3 +100,22 @@ def test_surrogate_pairs_and_raw_bytes_still_decode() -> None:
 def test_pretty_is_unchanged_for_small_values() -> None:
     assert decode.pretty({"a": [1, "b"]}) == '{\n    "a": [\n        1,\n        "b"\n    ]\n}'
     assert decode.pretty([]) == "[]" and decode.pretty("x") == '"x"'
+
+
+def test_large_bodies_take_the_worker_path_with_the_same_answers(api) -> None:
+    count = 200_000  # over OFFLOAD_BYTES
+    values = [float(i % 100) for i in range(count)]
+    body = json.dumps({"instances": values}).encode()
+    assert len(body) > OFFLOAD_BYTES
+    status, text = handle(api, PREDICT, body)
+    assert status == 200
+    assert json.loads(text)["predictions"] == [0.5 * v + 2 for v in values]
+    examples = json.dumps(
+        {"signature_name": "regress_x_to_y", "examples": [{"x": v} for v in values]}
+    )
+    status, text = handle(api, REGRESS, examples.encode())
+    assert status == 200 and json.loads(text)["results"] == [0.5 * v + 2 for v in values]
+    status, message = handle(
+        api, PREDICT, b'{"instances": ["' + b"a" * (2 * OFFLOAD_BYTES) + b'"]}'
+    )
+    assert status == 400 and len(message) < decode.EXCERPT_CHARS + 300
