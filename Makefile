@@ -13,7 +13,7 @@ REST_PORT ?= 8501
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(wildcard protos/*/*/*.proto)
+$(STAMP): pyproject.toml $(wildcard protos/*.proto protos/*/*/*.proto)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e .
 	$(BIN)/python -m serving.protogen

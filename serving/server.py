@@ -12,6 +12,9 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2
 
 from serving.api.grpc.services import ModelServicer, PredictionServicer, add_services
+from serving.api.v2.rest import V2Rest
+from serving.api.v2.service import V2Service
+from serving.api.v2.servicer import add_v2_service
 from serving.batching import BatchingConfigError, BatchingRunner, runner_from_flags
 from serving.config.model_config import ConfigError, ServerModels, load_file, single_model
 from serving.config.text_proto import TextProtoError, read_text_proto
@@ -24,6 +27,7 @@ from serving.manager.heap import HeapFreezer
 from serving.manager.manager import ServableManager
 from serving.observability import Observability
 from serving.protos import SSLConfig
+from serving.repository import ModelRepository
 from serving.servables.base import LoadError, Servable
 from serving.servables.loader import load_placed
 from serving.servables.session_bundle import SessionOptions
@@ -96,6 +100,25 @@ def placement_plan(options: ServerOptions, base: SessionOptions) -> PlacementPla
         raise StartupError(str(exc)) from None
 
 
+def _repository_read_only(options: ServerOptions) -> str:
+    """Why V2's repository extension may not change models ("" when it may)."""
+    if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
+        return (
+            "the model repository is read-only: this server polls "
+            f"--model_config_file={options.model_config_file}, which decides the models it serves"
+        )
+    return ""
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("model-server")
+    except PackageNotFoundError:
+        return ""
+
+
 class ModelServer:
     """One process: the manager, the version source, and the API servers."""
 
@@ -152,6 +175,13 @@ class ModelServer:
             method_name_check=options.enable_signature_method_name_check,
         )
         self.obs.bind(lambda: self.core.models, self.manager)
+        self.v2 = V2Service(
+            self.service,
+            ready=lambda: self.obs.health.state()[0] == "ready",
+            repository=ModelRepository(self.core, read_only_reason=_repository_read_only(options)),
+            observer=self.obs.observer,
+            version=_package_version(),
+        )
         self.observer = self.obs.observer
         self._grpc: grpc.aio.Server | None = None
         self.grpc_addresses: list[str] = []
@@ -208,6 +238,7 @@ class ModelServer:
         )
         model = ModelServicer(self.service, self._reload_config, observer=self.observer)
         add_services(server, prediction, model)
+        add_v2_service(server, self.v2)
         self.obs.add_grpc_services(server)
         addresses = []
         if opts.port:
@@ -236,6 +267,8 @@ class ModelServer:
         from serving.api.rest import start_rest
 
         self.http = await start_rest(self.options, self.service, self.observer)
+        if self.http is not None:
+            V2Rest(self.v2).mount(self.http)
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS from --ssl_config_file (TF Serving's SSLConfig: PEM contents, not paths)."""

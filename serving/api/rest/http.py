@@ -116,7 +116,7 @@ class HttpServer:
         self.cors = cors
         self.max_header_bytes = max_header_bytes
         self._routes: dict[tuple[str, str], Handler] = {}
-        self._prefix: tuple[str, Handler] | None = None
+        self._prefixes: list[tuple[str, Handler]] = []
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[_Connection] = set()
         self.port: int | None = None
@@ -132,15 +132,23 @@ class HttpServer:
         self._routes[(method.upper(), path)] = handler
 
     def set_prefix_handler(self, prefix: str, handler: Handler) -> None:
-        """Every path starting with `prefix` (case-insensitive) not in the routes."""
-        self._prefix = (prefix.lower(), handler)
+        """Every path starting with `prefix` (case-insensitive) not in the routes.
+
+        One handler per prefix (`/v1/`, `/v2/`); setting a prefix again replaces it.
+        """
+        prefix = prefix.lower()
+        self._prefixes = [(p, h) for p, h in self._prefixes if p != prefix]
+        self._prefixes.append((prefix, handler))
 
     def _resolve(self, method: str, path: str) -> Handler | None:
         handler = self._routes.get((method, path))
         if handler is None and method == "HEAD":
             handler = self._routes.get(("GET", path))
-        if handler is None and self._prefix and path.lower().startswith(self._prefix[0]):
-            handler = self._prefix[1]
+        if handler is None:
+            lowered = path.lower()
+            for prefix, candidate in self._prefixes:
+                if lowered.startswith(prefix):
+                    return candidate
         return handler
 
     async def dispatch(self, request: Request) -> Response:
