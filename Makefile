@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml $(wildcard protos/*.proto protos/*/*/*.proto)
 
 install-test: $(TSTAMP)
 
+# tritonclient (the V2 tests' client) pins protobuf<7 and ml-dtypes<=0.5.4, older
+# than TensorFlow's; it runs on these, and its gRPC stubs are the very
+# descriptors serving/_generated compiles, so it goes in without its pins.
+TRITONCLIENT := tritonclient==2.73.0
+
 $(TSTAMP): $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps '$(TRITONCLIENT)'
 	@touch $@
 
 models: install
