@@ -51,6 +51,7 @@ test: install-test loadtools
 lint: install-test
 	$(BIN)/ruff check serving tests loadtests
 	$(BIN)/ruff format --check serving tests loadtests
+	$(BIN)/mypy
 
 bench: install-test loadtools
 	$(BIN)/python -m loadtests $(BENCH_ARGS)

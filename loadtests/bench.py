@@ -10,13 +10,30 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import time
 from pathlib import Path
 
 from loadtests import ceilings, floor, generators, memory, models
-from loadtests.cli import DEFAULT_BATCHING, git_meta
 from loadtests.report import Report, Run, plot, render, targets
 from loadtests.servers import OBJECT_GRAPH_LOG, Client, LocalServer, models_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+DEFAULT_BATCHING = """\
+max_batch_size { value: 64 }
+batch_timeout_micros { value: 1000 }
+max_enqueued_batches { value: 64 }
+num_batch_threads { value: %d }
+"""
+
+
+def git_meta() -> dict:
+    def git(*cmd: str) -> str:
+        out = subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True)
+        return out.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "log": git("log", "--oneline", "-12").splitlines()}
 
 
 class Bench:

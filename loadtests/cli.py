@@ -8,20 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-
-DEFAULT_BATCHING = """\
-max_batch_size { value: 64 }
-batch_timeout_micros { value: 1000 }
-max_enqueued_batches { value: 64 }
-num_batch_threads { value: %d }
-"""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,14 +69,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.version_trials = args.version_trials or (1 if args.quick else 3)
     args.remote = bool(args.grpc_target or args.rest_url)
     return args
-
-
-def git_meta() -> dict:
-    def git(*cmd: str) -> str:
-        out = subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True)
-        return out.stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "log": git("log", "--oneline", "-12").splitlines()}
 
 
 def main(argv: list[str] | None = None) -> int:

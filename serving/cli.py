@@ -7,9 +7,13 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serving.flags import ServerOptions
 
 
-async def _serve(options) -> int:
+async def _serve(options: ServerOptions) -> int:
     from serving.server import ModelServer, StartupError
 
     try:

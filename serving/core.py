@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -56,11 +57,13 @@ class ServerCore:
                     )
             self._models = models
             new = models.by_name()
-            self.source.set_models(new)
-            for model in models.models:
-                self.manager.set_labels(model.name, model.version_labels)
+            self.source.set_models(new)  # a removed model: nothing aspired any more
             added = [name for name in new if name not in old]
             removed = [name for name in old if name not in new]
+            for model in models.models:
+                self.manager.set_labels(model.name, model.version_labels)
+            for name in removed:
+                self.manager.set_labels(name, {})
             log.info(
                 "model config applied: %d model(s)%s%s",
                 len(new),
@@ -88,7 +91,8 @@ class ServerCore:
         deadline = time.monotonic() + timeout
         for name in added:
             self.manager.wait_until(
-                lambda n=name: self.manager.is_settled(n), max(0.0, deadline - time.monotonic())
+                functools.partial(self.manager.is_settled, name),
+                max(0.0, deadline - time.monotonic()),
             )
         failed = []
         for name in added:

@@ -1,8 +1,13 @@
-"""One error type for every client-visible failure.
+"""Every error type the server raises, in the lowest layer.
 
-The inference layer raises `ServingError` with a gRPC status code; the gRPC
-adapter passes the code through and the REST adapter maps it to HTTP, so both
-protocols report the same mistake the same way (as TF Serving does).
+Any layer can raise or catch any of them without importing a layer above it.
+
+- `ServingError`: a client-visible failure with a gRPC status code; the gRPC
+  adapter passes the code through and the REST adapter maps it to HTTP, so
+  both protocols report the same mistake the same way (as TF Serving does).
+- `LoadError`: a model version could not be loaded; it goes into its status.
+- `ConfigError` and its kinds: a file or flag combination is unusable.
+- `StartupError`: the server cannot start; the CLI prints it and exits 1.
 """
 
 from __future__ import annotations
@@ -90,3 +95,23 @@ class LoadError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:  # 2 = UNKNOWN
         super().__init__(message)
         self.code = code
+
+
+class ConfigError(ValueError):
+    """A configuration file could not be read, parsed or validated."""
+
+
+class TextProtoError(ConfigError):
+    """The file cannot be read or is not a valid text proto of the expected message."""
+
+
+class BatchingConfigError(ConfigError):
+    """A batching parameters file is unreadable or inconsistent."""
+
+
+class DeviceConfigError(ConfigError):
+    """The device config file is unreadable or invalid."""
+
+
+class StartupError(RuntimeError):
+    """The server cannot start with these flags or files."""

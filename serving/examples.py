@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
 
 v1 = tf.compat.v1
 HUB_MODULE_DEF = b"\x08\x03"  # hub ModuleDef { format: FORMAT_V3 }
@@ -28,7 +29,7 @@ VOCABULARY = ["<unk>", "the", "cat", "sat", "on", "mat", "dog", "ran"]
 EMBEDDING_DIM = 4
 
 
-def _tensor_info(tensor):
+def _tensor_info(tensor: tf.Tensor) -> meta_graph_pb2.TensorInfo:
     return v1.saved_model.utils.build_tensor_info(tensor)
 
 
@@ -68,7 +69,7 @@ def write_half_plus_two(export_dir: str | Path, a: float = 0.5, b: float = 2.0) 
     return export_dir
 
 
-def _keras_mlp(seed: int):
+def _keras_mlp(seed: int) -> tf.keras.Model:
     rng = np.random.default_rng(seed)
     inputs = tf.keras.Input(shape=(4,), name="features", dtype="float32")
     hidden = tf.keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
@@ -107,7 +108,7 @@ def write_keras_module_export(export_dir: str | Path, seed: int = 7) -> Path:
     model = _keras_mlp(seed)
 
     @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="features")])
-    def serve(features):
+    def serve(features: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"probabilities": model(features)}
 
     module = tf.Module()

@@ -197,7 +197,10 @@ class ServerOptions(BaseModel):
         True, "Drop unused fields of the loaded MetaGraphDef to save memory.", inert=True
     )
     prefer_tflite_model: bool = flag(
-        False, "Prefer a TFLite model over the SavedModel. Not supported: refused if set."
+        False,
+        "Prefer TensorFlow Lite model from `model.tflite` file in SavedModel directory, "
+        "instead of the TensorFlow model from `saved_model.pb` file. If no TensorFlow Lite "
+        "model found, fallback to TensorFlow model.",
     )
     enable_signature_method_name_check: bool = flag(
         False,
@@ -218,10 +221,16 @@ class ServerOptions(BaseModel):
         True, "Serve grpc.health.v1 on the gRPC port; it is always served.", inert=True
     )
     num_tflite_pools: int = flag(
-        0, "Number of TFLite interpreter pools; TFLite models are not served.", ge=0, inert=True
+        0,
+        "Number of TFLite interpreters serving each TFLite model concurrently "
+        "(0 = number of CPUs).",
+        ge=0,
     )
     num_tflite_interpreters_per_pool: int = flag(
-        1, "TFLite interpreters per pool; TFLite models are not served.", ge=0, inert=True
+        1,
+        "Above 1, a TFLite request with many rows runs split into mini-batches of "
+        "ceil(500/N) rows in parallel.",
+        ge=0,
     )
     thread_pool_factory_config_file: str = flag(
         "", "Thread pool factory config for the inter/intra-op pools.", inert=True
@@ -250,8 +259,6 @@ class ServerOptions(BaseModel):
     def _consistent(self) -> ServerOptions:
         if self.use_alts_credentials:
             raise ValueError("--use_alts_credentials is not supported by this server")
-        if self.prefer_tflite_model:
-            raise ValueError("--prefer_tflite_model is not supported: TFLite models are not served")
         return self
 
     @property

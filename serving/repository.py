@@ -78,15 +78,14 @@ class ModelRepository:
                     )
                 except (ConfigError, ValueError) as exc:
                     raise invalid_argument(str(exc)) from None
-            local = model is not None and "://" not in model.base_path
-            if local and not os.path.isdir(model.base_path):
-                raise invalid_argument(
-                    f"Could not find base path {model.base_path} for model '{name}'"
-                )
             if model is None:
                 raise not_found(
                     f"unknown model '{name}': it is not in the model config; "
                     "give its base_path to load it"
+                )
+            if "://" not in model.base_path and not os.path.isdir(model.base_path):
+                raise invalid_argument(
+                    f"Could not find base path {model.base_path} for model '{name}'"
                 )
             self._known[name] = model
             kept = tuple(m for m in models.models if m.name != name)

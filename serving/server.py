@@ -5,40 +5,51 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
 from serving.api.grpc.services import ModelServicer, PredictionServicer, add_services
+from serving.api.rest import start_rest
+from serving.api.rest.http import Handler, HttpServer, Request, Response
 from serving.api.v2.rest import V2Rest
 from serving.api.v2.service import V2Service
 from serving.api.v2.servicer import add_v2_service
-from serving.batching import BatchingConfigError, BatchingRunner, runner_from_flags
-from serving.config.model_config import ConfigError, ServerModels, load_file, single_model
-from serving.config.text_proto import TextProtoError, read_text_proto
+from serving.batching import BatchingRunner, runner_from_flags
+from serving.config.model_config import ServerModels, load_file, single_model
+from serving.config.text_proto import read_text_proto
 from serving.core import ServerCore
-from serving.devices import DeviceConfigError, HostDevices, PlacementPlan, load_device_config
+from serving.devices import HostDevices, PlacementPlan, load_device_config
+from serving.errors import (
+    BatchingConfigError,
+    ConfigError,
+    DeviceConfigError,
+    LoadError,
+    StartupError,
+    TextProtoError,
+)
 from serving.flags import ServerOptions
 from serving.inference.runner import DirectRunner, Runner
 from serving.inference.service import InferenceService
 from serving.manager.heap import HeapFreezer
 from serving.manager.manager import ServableManager
 from serving.observability import Observability
+from serving.observability import metrics as batch_metrics
+from serving.observability.http import HttpResponse
 from serving.protos import SSLConfig
 from serving.repository import ModelRepository
-from serving.servables.base import LoadError, Servable
+from serving.servables.base import Servable
 from serving.servables.loader import load_placed
 from serving.servables.session_bundle import SessionOptions
+from serving.servables.tflite import TfLiteOptions
 from serving.servables.warmup import warmup
 from serving.sources.poller import FileSystemSource
 
 log = logging.getLogger("serving")
-
-
-class StartupError(RuntimeError):
-    """The server cannot start with these flags or files."""
 
 
 def check_options(options: ServerOptions) -> None:
@@ -119,6 +130,14 @@ def _package_version() -> str:
         return ""
 
 
+def _rest_handler(endpoint: Callable[[], HttpResponse]) -> Handler:
+    async def handle(request: Request) -> Response:
+        answer = endpoint()
+        return Response(answer.status, answer.body, answer.content_type)
+
+    return handle
+
+
 class ModelServer:
     """One process: the manager, the version source, and the API servers."""
 
@@ -130,6 +149,11 @@ class ModelServer:
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         self._session_options = session_options(options)
+        self._tflite = TfLiteOptions(
+            prefer_tflite_model=options.prefer_tflite_model,
+            interpreters=options.num_tflite_pools,
+            interpreters_per_pool=options.num_tflite_interpreters_per_pool,
+        )
         try:
             self.obs = Observability(options)  # metrics, health, logs, drain
         except TextProtoError as exc:
@@ -164,7 +188,10 @@ class ModelServer:
         if options.enable_batching:
             try:
                 self.batching = runner_from_flags(
-                    options.batching_parameters_file, options.per_model_batching, self.executor
+                    options.batching_parameters_file,
+                    options.per_model_batching,
+                    self.executor,
+                    metrics=batch_metrics,
                 )
             except BatchingConfigError as exc:
                 raise StartupError(str(exc)) from None
@@ -185,11 +212,13 @@ class ModelServer:
         self.observer = self.obs.observer
         self._grpc: grpc.aio.Server | None = None
         self.grpc_addresses: list[str] = []
-        # The REST server (serving.api.rest.http.HttpServer); others add routes to it.
-        self.http = None
+        # The REST server; others add routes to it.
+        self.http: HttpServer | None = None
 
     def load(self, name: str, version: int, path: str) -> Servable:
-        servable = load_placed(name, version, path, self.placement.session_options(name))
+        servable = load_placed(
+            name, version, path, self.placement.session_options(name), self._tflite
+        )
         if self.batching is not None:
             try:
                 self.batching.prepare(servable)  # reads batching_params.pbtxt if enabled
@@ -264,11 +293,12 @@ class ModelServer:
 
     async def _start_rest(self) -> None:
         """TF Serving's REST API on --rest_api_port, on this same event loop."""
-        from serving.api.rest import start_rest
-
         self.http = await start_rest(self.options, self.service, self.observer)
         if self.http is not None:
             V2Rest(self.v2).mount(self.http)
+            # Probes and the metrics page share the REST port (as in TF Serving).
+            for path, endpoint in self.obs.endpoints.routes().items():
+                self.http.add_route("GET", path, _rest_handler(endpoint))
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS from --ssl_config_file (TF Serving's SSLConfig: PEM contents, not paths)."""
@@ -287,7 +317,7 @@ class ModelServer:
             require_client_auth=config.client_verify,
         )
 
-    async def _reload_config(self, proto) -> None:
+    async def _reload_config(self, proto: model_server_config_pb2.ModelServerConfig) -> None:
         await asyncio.to_thread(self.core.reload, proto, 600.0)
 
     async def wait(self) -> None:

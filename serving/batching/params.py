@@ -13,13 +13,12 @@ import itertools
 import os
 
 from google.protobuf import text_format
+from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.errors import BatchingConfigError
+
 PER_MODEL_FILE = "batching_params.pbtxt"
-
-
-class BatchingConfigError(ValueError):
-    """A batching parameters file is unreadable or inconsistent."""
 
 
 class BatchOptions(BaseModel):
@@ -80,7 +79,7 @@ class BatchOptions(BaseModel):
         return rows
 
 
-def from_proto(params, base: BatchOptions | None = None) -> BatchOptions:
+def from_proto(params: Message, base: BatchOptions | None = None) -> BatchOptions:
     """Options from a BatchingParameters message; unset fields keep `base`'s values."""
     values = dict(base.model_dump()) if base is not None else {}
     for name in (

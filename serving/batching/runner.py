@@ -23,6 +23,7 @@ import numpy as np
 from serving.batching import params as bp
 from serving.batching.params import BatchOptions
 from serving.batching.scheduler import BatchQueue, Scheduler, Task
+from serving.batching.sink import BatchMetrics, NoMetrics
 from serving.inference.runner import DirectRunner
 from serving.servables.base import Servable
 from serving.servables.signature import Signature
@@ -80,10 +81,16 @@ def layout(inputs: Mapping[str, np.ndarray], pad_variable: bool) -> tuple[int, t
 
 class BatchingRunner:
     def __init__(
-        self, options: BatchOptions, executor: Executor, *, per_model_params: bool = False
+        self,
+        options: BatchOptions,
+        executor: Executor,
+        *,
+        per_model_params: bool = False,
+        metrics: BatchMetrics | None = None,
     ) -> None:
         self.options = options
         self.per_model_params = per_model_params
+        self._metrics: BatchMetrics = metrics if metrics is not None else NoMetrics()
         self._direct = DirectRunner(executor)
         self._scheduler = Scheduler(options.num_batch_threads, options.thread_pool_name)
         self._servables: weakref.WeakKeyDictionary[Servable, _ServableBatching] = (
@@ -133,7 +140,7 @@ class BatchingRunner:
         queue = state.queues.get(key)
         if queue is None:
             queue = state.queues[key] = BatchQueue(
-                state.options, servable, signature, outputs, state.mark_unbatchable
+                state.options, servable, signature, outputs, state.mark_unbatchable, self._metrics
             )
         loop = asyncio.get_running_loop()
         future = loop.create_future()

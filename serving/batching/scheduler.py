@@ -38,8 +38,8 @@ from serving.batching.merge import (
     split_outputs,
 )
 from serving.batching.params import BatchOptions
+from serving.batching.sink import BatchMetrics
 from serving.errors import ServingError, invalid_argument
-from serving.observability import metrics
 from serving.servables.base import Servable
 from serving.servables.signature import Signature
 
@@ -66,7 +66,9 @@ class SplitRequest:
         self.error: ServingError | None = None
         self.lock = threading.Lock()
 
-    def piece_done(self, index: int, value: Outputs | None, error: ServingError | None):
+    def piece_done(
+        self, index: int, value: Outputs | None, error: ServingError | None
+    ) -> Resolution | None:
         """Record one piece; the last one returns the whole request's resolution."""
         with self.lock:
             self.pieces[index] = value
@@ -131,8 +133,10 @@ class BatchQueue:
         signature: Signature,
         outputs: Sequence[str],
         on_unbatchable: Callable[[str, str], None],
+        metrics: BatchMetrics,
     ) -> None:
         self.options = options
+        self._metrics = metrics
         self.limit = options.execution_batch_size
         self.timeout = options.timeout_s
         # Weak: queues live in a per-servable table that must not keep an
@@ -214,7 +218,7 @@ class BatchQueue:
 
     def report_depth(self) -> None:
         """Requests waiting in this queue, for the queue-depth gauge."""
-        metrics.set_queue_depth(
+        self._metrics.set_queue_depth(
             self.model, self.signature.key, sum(len(b.tasks) for b in self.batches)
         )
 
@@ -236,8 +240,8 @@ class BatchQueue:
         started = time.monotonic()
         key = self.signature.key
         for task in tasks:
-            metrics.observe_queue_wait(self.model, key, started - task.enqueued)
-        metrics.observe_batch(self.model, key, rows, padded)
+            self._metrics.observe_queue_wait(self.model, key, started - task.enqueued)
+        self._metrics.observe_batch(self.model, key, rows, padded)
         error: ServingError | None = None
         results: list[Outputs] = []
         try:

@@ -13,13 +13,12 @@ from google.protobuf import text_format
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.sources.version_policy import AllPolicy, LatestPolicy, SpecificPolicy, VersionPolicy
+from serving.config.version_policy import AllPolicy, LatestPolicy, SpecificPolicy, VersionPolicy
+from serving.errors import ConfigError
+
+__all__ = ["ConfigError", "ModelConfig", "ServerModels", "load_file", "parse_text", "single_model"]
 
 SUPPORTED_PLATFORMS = ("tensorflow",)
-
-
-class ConfigError(ValueError):
-    """A configuration file could not be read, parsed or validated."""
 
 
 class ModelConfig(BaseModel):

@@ -7,11 +7,11 @@ from typing import TypeVar
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
+from serving.errors import TextProtoError
+
+__all__ = ["TextProtoError", "read_text_proto"]
+
 M = TypeVar("M", bound=Message)
-
-
-class TextProtoError(ValueError):
-    """The file cannot be read or is not a valid text proto of the expected message."""
 
 
 def read_text_proto(path: str, message: M) -> M:

@@ -8,15 +8,15 @@ duplicate models) belong in one place with readable errors.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from google.protobuf import text_format
+from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.errors import DeviceConfigError
+
 _DEVICE = re.compile(r"^/?(?:device:)?(CPU|GPU):(\d+)$", re.IGNORECASE)
-
-
-class DeviceConfigError(ValueError):
-    """The device config file is unreadable or invalid."""
 
 
 def canonical_device(name: str) -> str:
@@ -47,7 +47,7 @@ class Placement(BaseModel):
 
     @field_validator("devices", mode="before")
     @classmethod
-    def _canonical(cls, value):
+    def _canonical(cls, value: Iterable[str]) -> tuple[str, ...]:
         devices = tuple(canonical_device(d) for d in value)
         duplicates = sorted({d for d in devices if devices.count(d) > 1})
         if duplicates:
@@ -100,7 +100,7 @@ class DeviceConfig(BaseModel):
         return values.pop() if values else None
 
 
-def _placement(message) -> dict:
+def _placement(message: Message) -> dict[str, object]:
     return {
         "devices": list(message.devices),
         "memory_limit_mb": message.memory_limit_mb,

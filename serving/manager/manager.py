@@ -4,14 +4,20 @@ Sources say which versions of each model *should* be served
 (`set_aspired_versions`); the manager loads and unloads to match, one
 reconcile pass at a time on its own thread, with loads on a small pool.
 
-Availability preserving: a version that is no longer aspired is unloaded only
-once some aspired version is AVAILABLE (or nothing is aspired at all), so a
-swap never leaves a gap, and a new version that fails to load leaves the old
+Availability preserving (the rules are a pure function in
+`aspired_version_policy`): a version that is no longer aspired is unloaded
+only once some aspired version is AVAILABLE (or nothing is aspired at all), so
+a swap never leaves a gap, and a new version that fails to load leaves the old
 one serving. Requests hold a handle; unloading waits for every handle on the
 version to be released, so no in-flight request fails during a swap.
 
 A version whose load failed is retried `max_load_retries` times, and again
-whenever its files change (a folder still being copied when first seen).
+whenever its files change (a folder still being copied when first seen): each
+aspired version comes with a fingerprint of its files from the source, so the
+manager itself never touches storage, and its lock is never held across I/O.
+
+The manager knows servables only as `ManagedServable` (a device and `close`)
+and holds whatever type its loader returns, so it imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,44 +25,55 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from serving.errors import LoadError, invalid_argument, not_found
+from serving.manager.aspired_version_policy import Action, VersionSnapshot, next_actions
 from serving.manager.state import State, Transition, VersionStatus
-from serving.sources.file_system import fingerprint
-
-if TYPE_CHECKING:  # the manager itself never touches TensorFlow
-    from serving.servables.base import Servable
+from serving.sources.source import AspiredVersion
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[str, int, str], "Servable"]
+
+class ManagedServable(Protocol):
+    """What the manager needs of a loaded version (Servable satisfies it)."""
+
+    device: str
+
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=ManagedServable)
+
+Loader = Callable[[str, int, str], S]
 
 
 @dataclass
-class _Version:
+class _Version(Generic[S]):
     version: int
     path: str
+    fingerprint: Hashable | None = None  # of the files, as the source last saw them
     state: State = State.START
     aspired: bool = True
     error: str = ""
     error_code: int = 0
-    servable: Servable | None = None
+    servable: S | None = None
     inflight: int = 0
     attempts: int = 0
     retry_at: float | None = None
-    failed_fingerprint: tuple | None = None
+    loading_fingerprint: Hashable | None = None  # the files the running load sees
+    failed_fingerprint: Hashable | None = None
     job_running: bool = False
 
 
 @dataclass
-class _Model:
+class _Model(Generic[S]):
     name: str
-    versions: dict[int, _Version] = field(default_factory=dict)
+    versions: dict[int, _Version[S]] = field(default_factory=dict)
     # Labels in use, and the ones the config asks for: a label moves to its
     # new version only once that version is AVAILABLE.
     labels: dict[str, int] = field(default_factory=dict)
@@ -78,10 +95,10 @@ class ServableRequest:
         return f"Latest({self.name})"
 
 
-class ServableManager:
+class ServableManager(Generic[S]):
     def __init__(
         self,
-        loader: Loader,
+        loader: Loader[S],
         *,
         max_load_retries: int = 5,
         load_retry_interval_s: float = 60.0,
@@ -96,7 +113,7 @@ class ServableManager:
         self._listeners: list[Callable[[Transition], None]] = []
         if on_transition is not None:
             self._listeners.append(on_transition)
-        self._models: dict[str, _Model] = {}
+        self._models: dict[str, _Model[S]] = {}
         lock = threading.RLock()
         self._cond = threading.Condition(lock)
         # Signalled when an unloading version's last request finishes. Kept
@@ -113,21 +130,31 @@ class ServableManager:
     def add_listener(self, listener: Callable[[Transition], None]) -> None:
         self._listeners.append(listener)
 
-    def set_aspired_versions(self, name: str, aspired: Mapping[int, str]) -> None:
-        """The complete set of versions of `name` that should be served now."""
+    def set_aspired_versions(self, name: str, aspired: Mapping[int, AspiredVersion | str]) -> None:
+        """The complete set of versions of `name` that should be served now.
+
+        Each version comes as an AspiredVersion (path and fingerprint) or a
+        bare path (no fingerprint: no retry when its files change).
+        """
+        wanted = {
+            number: item if isinstance(item, AspiredVersion) else AspiredVersion(item)
+            for number, item in aspired.items()
+        }
         with self._cond:
             model = self._models.setdefault(name, _Model(name))
             for number, entry in model.versions.items():
-                entry.aspired = number in aspired
-            for number, path in aspired.items():
-                entry = model.versions.get(number)
-                unloaded = entry is not None and entry.state == State.END and not entry.error
-                if entry is None or unloaded or (entry.error and entry.path != path):
-                    model.versions[number] = _Version(number, path)
-                elif entry.error and not entry.job_running and self._files_changed(entry):
+                entry.aspired = number in wanted
+            for number, want in wanted.items():
+                known = model.versions.get(number)
+                unloaded = known is not None and known.state == State.END and not known.error
+                if known is None or unloaded or (known.error and known.path != want.path):
+                    model.versions[number] = _Version(number, want.path, want.fingerprint)
+                    continue
+                if known.error and not known.job_running and _changed(known, want.fingerprint):
                     log.info("%s version %d: files changed since it failed; retrying", name, number)
-                    entry.state, entry.error, entry.attempts = State.START, "", 0
-                    entry.retry_at = None
+                    known.state, known.error, known.attempts = State.START, "", 0
+                    known.retry_at = None
+                known.fingerprint = want.fingerprint
             self._cond.notify_all()
 
     def set_labels(self, name: str, labels: Mapping[str, int]) -> None:
@@ -143,7 +170,7 @@ class ServableManager:
             model.wanted_labels = dict(labels)
             self._promote_labels(model)
 
-    def _promote_labels(self, model: _Model) -> None:
+    def _promote_labels(self, model: _Model[S]) -> None:
         for label in list(model.labels):
             if label not in model.wanted_labels:
                 del model.labels[label]
@@ -154,11 +181,6 @@ class ServableManager:
             ready = entry is not None and entry.state == State.AVAILABLE
             if ready or (self._allow_unavailable_labels and label not in model.labels):
                 model.labels[label] = number
-
-    def remove_model(self, name: str) -> None:
-        """Unload every version of `name` and forget its labels."""
-        self.set_aspired_versions(name, {})
-        self.set_labels(name, {})
 
     # ---------------------------------------------------------------- lookups
 
@@ -177,7 +199,7 @@ class ServableManager:
             return ServableRequest(request.name, model.labels[request.label])
 
     @contextmanager
-    def acquire(self, request: ServableRequest) -> Iterator[Servable]:
+    def acquire(self, request: ServableRequest) -> Iterator[S]:
         """Hold a loaded version for the duration of one request."""
         entry = self._take(self.resolve(request))
         try:
@@ -189,10 +211,10 @@ class ServableManager:
                 if entry.inflight == 0 and entry.state == State.UNLOADING:
                     self._drained.notify_all()
 
-    def _take(self, request: ServableRequest) -> _Version:
+    def _take(self, request: ServableRequest) -> _Version[S]:
         with self._cond:
             model = self._models.get(request.name)
-            entry: _Version | None = None
+            entry: _Version[S] | None = None
             if model is not None:
                 if request.version is None:
                     ready = [v for v in model.versions.values() if v.state == State.AVAILABLE]
@@ -273,55 +295,40 @@ class ServableManager:
                 self._cond.wait(timeout=wake)
 
     def _reconcile(self) -> float:
-        """Start whatever loads/unloads are due; return seconds until next due time."""
+        """Start what the policy says is due; return seconds until the next due time."""
         now = time.monotonic()
         next_due = 1.0
         for model in self._models.values():
-            # Loads: every aspired version that has not been tried (or is due a retry).
-            for entry in model.versions.values():
-                if not entry.aspired or entry.job_running:
-                    continue
-                if entry.state == State.START:
+            entries = model.versions
+            decision = next_actions(
+                [
+                    VersionSnapshot(v.version, v.state, v.aspired, v.job_running, v.retry_at)
+                    for v in entries.values()
+                ],
+                now,
+            )
+            for action, number in decision.actions:
+                entry = entries[number]
+                if action is Action.LOAD:
+                    entry.retry_at = None
                     self._start_load(model, entry)
-                elif entry.state == State.LOADING and entry.retry_at is not None:
-                    if entry.retry_at <= now:
-                        entry.retry_at = None
-                        self._start_load(model, entry)
-                    else:
-                        next_due = min(next_due, entry.retry_at - now)
-            self._unload_unaspired(model)
+                elif action is Action.UNLOAD:
+                    self._start_unload(model, entry)
+                else:
+                    self._transition(model, entry, State.END)
+            if decision.retry_in is not None:
+                next_due = min(next_due, decision.retry_in)
         return max(next_due, 0.01)
 
-    def _unload_unaspired(self, model: _Model) -> None:
-        aspired = [v for v in model.versions.values() if v.aspired]
-        serving_aspired = any(v.state == State.AVAILABLE for v in aspired)
-        for entry in model.versions.values():
-            if entry.aspired or entry.job_running:
-                continue
-            if entry.state in (State.START, State.LOADING):
-                # Never loaded (or between retries) and no longer wanted.
-                self._transition(model, entry, State.END)
-            elif entry.state == State.AVAILABLE and (not aspired or serving_aspired):
-                self._start_unload(model, entry)
-        if not aspired or serving_aspired:
-            return
-        # Availability preserving: keep one unaspired version, the newest, serving.
-        stale = sorted(
-            (v for v in model.versions.values() if not v.aspired and v.state == State.AVAILABLE),
-            key=lambda v: v.version,
-        )
-        for entry in stale[:-1]:
-            if not entry.job_running:
-                self._start_unload(model, entry)
-
-    def _start_load(self, model: _Model, entry: _Version) -> None:
+    def _start_load(self, model: _Model[S], entry: _Version[S]) -> None:
         entry.job_running = True
         entry.attempts += 1
+        entry.loading_fingerprint = entry.fingerprint
         if entry.state != State.LOADING:
             self._transition(model, entry, State.LOADING)
         self._pool.submit(self._load_job, model, entry)
 
-    def _load_job(self, model: _Model, entry: _Version) -> None:
+    def _load_job(self, model: _Model[S], entry: _Version[S]) -> None:
         started = time.monotonic()
         try:
             servable = self._loader(model.name, entry.version, entry.path)
@@ -344,12 +351,11 @@ class ServableManager:
             self._promote_labels(model)
             self._cond.notify_all()
 
-    def _load_failed(self, model: _Model, entry: _Version, error: str, code: int) -> None:
-        stamp = fingerprint(entry.path)
+    def _load_failed(self, model: _Model[S], entry: _Version[S], error: str, code: int) -> None:
         with self._cond:
             entry.job_running = False
             entry.error_code = code
-            entry.failed_fingerprint = stamp
+            entry.failed_fingerprint = entry.loading_fingerprint
             if entry.aspired and entry.attempts <= self._max_retries and not self._stopping:
                 log.warning(
                     "%s version %d failed to load (attempt %d of %d), retrying in %.1fs: %s",
@@ -368,12 +374,14 @@ class ServableManager:
                 self._transition(model, entry, State.END, error=error)
             self._cond.notify_all()
 
-    def _start_unload(self, model: _Model, entry: _Version) -> None:
+    def _start_unload(self, model: _Model[S], entry: _Version[S]) -> None:
         entry.job_running = True
         self._transition(model, entry, State.UNLOADING)
         self._pool.submit(self._unload_job, model, entry)
 
-    def _unload_job(self, model: _Model, entry: _Version, timeout: float | None = None) -> None:
+    def _unload_job(
+        self, model: _Model[S], entry: _Version[S], timeout: float | None = None
+    ) -> None:
         started = time.monotonic()
         with self._cond:
             # No new handles are given out for an UNLOADING version; wait for
@@ -390,18 +398,15 @@ class ServableManager:
             self._transition(model, entry, State.END, seconds=time.monotonic() - started)
             if entry.aspired and not self._stopping:
                 # Aspired again while it was unloading (its folder came back).
-                model.versions[entry.version] = _Version(entry.version, entry.path)
+                model.versions[entry.version] = _Version(
+                    entry.version, entry.path, entry.fingerprint
+                )
             self._cond.notify_all()
-
-    def _files_changed(self, entry: _Version) -> bool:
-        return entry.failed_fingerprint is not None and fingerprint(entry.path) != (
-            entry.failed_fingerprint
-        )
 
     def _transition(
         self,
-        model: _Model,
-        entry: _Version,
+        model: _Model[S],
+        entry: _Version[S],
         state: State,
         *,
         error: str = "",
@@ -442,3 +447,12 @@ class ServableManager:
         for model, entry in loaded:
             self._unload_job(model, entry, timeout=drain_timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _changed(entry: _Version[S], fingerprint: Hashable | None) -> bool:
+    """Whether the files of a failed version differ from those its load saw."""
+    return (
+        entry.failed_fingerprint is not None
+        and fingerprint is not None
+        and fingerprint != entry.failed_fingerprint
+    )

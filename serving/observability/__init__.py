@@ -7,7 +7,8 @@
     runner = obs.wrap_runner(runner)
     obs.bind(configured_models, manager)             # once the core exists
     obs.add_grpc_services(grpc_server)               # health + reflection
-    await obs.started(server)                        # probes/metrics over HTTP, start-up line
+    http.add_route(... obs.endpoints.routes() ...)   # probes/metrics on the REST port
+    await obs.started(server)                        # start-up line, readiness
     await obs.drain(...)                             # SIGTERM
 
 See docs/observability.md for every metric and endpoint.
@@ -19,14 +20,19 @@ import asyncio
 import logging
 import time
 from collections import Counter as _Tally
-from collections.abc import Callable, Collection
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving.config.model_config import ServerModels
 from serving.config.text_proto import read_text_proto
+from serving.core import ServerCore
+from serving.flags import ServerOptions
+from serving.inference.runner import Runner
+from serving.manager.manager import ServableManager
 from serving.manager.state import Transition
 from serving.observability import logs
 from serving.observability import metrics as _metrics
@@ -40,6 +46,25 @@ __all__ = ["Observability", "read_monitoring_config"]
 
 # After the last request finished: time to flush responses before cutting streams.
 _FLUSH_SECONDS = 1.0
+
+T = TypeVar("T")
+
+
+class ServerHandle(Protocol):
+    """What `started` reads of the server (ModelServer satisfies it)."""
+
+    @property
+    def grpc_addresses(self) -> Sequence[str]: ...
+
+    @property
+    def core(self) -> ServerCore: ...
+
+
+class StoppableServer(Protocol):
+    """The REST server, as the drain stops it."""
+
+    async def stop(self, grace: float) -> None: ...
+
 
 GRPC_SERVICES = (
     "tensorflow.serving.PredictionService",
@@ -62,23 +87,23 @@ def read_monitoring_config(path: str) -> str | None:
 
 
 class Observability:
-    def __init__(self, options: Any) -> None:
+    def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.metrics = _metrics.get()
         enabled = read_monitoring_config(options.monitoring_config_file)
         # TF Serving serves the page on the REST port only.
         self.metrics_path = enabled if options.rest_api_port else None
-        self._models_source: Callable[[], Any] | None = None
-        self._models_seen: Any = None
+        self._models_source: Callable[[], ServerModels] | None = None
+        self._models_seen: ServerModels | None = None
         self._names: frozenset[str] = frozenset()
-        self._manager: Any = None
+        self._manager: ServableManager[Any] | None = None
         self.observer = RequestObserver(self.metrics, self.configured_models)
         self.health = Health(self.configured_models, self._has_available)
         self.endpoints = Endpoints(self.health, self.metrics, self.metrics_path)
 
     # ----------------------------------------------------------------- wiring
 
-    def bind(self, models: Callable[[], Any], manager: Any) -> None:
+    def bind(self, models: Callable[[], ServerModels], manager: ServableManager[Any]) -> None:
         """`models()` returns the current ServerModels; `manager` the ServableManager."""
         self._models_source = models
         self._manager = manager
@@ -97,11 +122,11 @@ class Observability:
     def _has_available(self, name: str) -> bool:
         return bool(self._manager is not None and self._manager.available_versions(name))
 
-    def _version_states(self):
+    def _version_states(self) -> list[tuple[str, str, int]]:
         manager = self._manager
         if manager is None:
             return []
-        rows = []
+        rows: list[tuple[str, str, int]] = []
         for name in manager.model_names():
             try:
                 statuses = manager.status(name)
@@ -111,10 +136,10 @@ class Observability:
             rows.extend((name, state, count) for state, count in sorted(tally.items()))
         return rows
 
-    def wrap_loader(self, loader: Callable[[str, int, str], Any]) -> Callable[[str, int, str], Any]:
+    def wrap_loader(self, loader: Callable[[str, int, str], T]) -> Callable[[str, int, str], T]:
         """Time every load attempt (retries too), as TF's loader metrics do."""
 
-        def load(name: str, version: int, path: str):
+        def load(name: str, version: int, path: str) -> T:
             started = time.monotonic()
             try:
                 servable = loader(name, version, path)
@@ -126,7 +151,7 @@ class Observability:
 
         return load
 
-    def wrap_runner(self, runner: Any) -> ObservedRunner:
+    def wrap_runner(self, runner: Runner) -> ObservedRunner:
         return ObservedRunner(runner, self.metrics)
 
     def on_transition(self, event: Transition) -> None:
@@ -148,12 +173,9 @@ class Observability:
 
     # -------------------------------------------------------------- lifecycle
 
-    async def started(self, server: Any) -> None:
-        """After the APIs are up: HTTP routes, start-up line, readiness tracking."""
+    async def started(self, server: ServerHandle) -> None:
+        """After the APIs are up: start-up line, readiness tracking."""
         opts = self.options
-        http = getattr(server, "http", None)
-        if http is not None:
-            self.mount(http)
         batching = "off"
         if getattr(opts, "enable_batching", False):
             batching = "on" + (
@@ -170,20 +192,11 @@ class Observability:
         )
         self.health.mark_started()
 
-    def mount(self, http: Any) -> None:
-        """Add the probes and the metrics page to the REST server (`add_route`)."""
-        from serving.api.rest.http import Response
-
-        for path, endpoint in self.endpoints.routes().items():
-
-            async def handler(request, endpoint=endpoint):
-                answer = endpoint()
-                return Response(answer.status, answer.body, answer.content_type)
-
-            http.add_route("GET", path, handler)
-
     async def drain(
-        self, grpc_server: grpc.aio.Server | None, grace: float, http: Any = None
+        self,
+        grpc_server: grpc.aio.Server | None,
+        grace: float,
+        http: StoppableServer | None = None,
     ) -> bool:
         """SIGTERM: NOT_SERVING, stop accepting, let in-flight requests finish.
 
@@ -216,7 +229,7 @@ class Observability:
         finished = await self.observer.wait_idle(grace)
         if stopping is not None:
             await asyncio.wait({stopping}, timeout=_FLUSH_SECONDS)
-            if not stopping.done():
+            if not stopping.done() and grpc_server is not None:
                 await grpc_server.stop(0)
             await stopping
         if http is not None:

@@ -1,8 +1,8 @@
 """HTTP side of observability: the metrics page and the Kubernetes probes.
 
 The handlers are protocol-neutral (`Endpoints.routes()`: path → `() -> HttpResponse`),
-mounted on the REST server (`ModelServer.http.add_route`) by
-`Observability.mount`. Paths:
+mounted on the REST server (`ModelServer.http.add_route`) by the server,
+which knows both layers. Paths:
 
     GET /v1/health/live          200 while the process runs
     GET /v1/health/ready         200 when ready, 503 while starting/draining
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from serving.observability.health import Health
@@ -39,9 +40,12 @@ class Endpoints:
         self.metrics = metrics
         self.metrics_path = metrics_path
 
-    def routes(self) -> dict[str, object]:
+    def routes(self) -> dict[str, Callable[[], HttpResponse]]:
         """GET path → handler; what the REST server should mount."""
-        routes: dict[str, object] = {LIVE_PATH: self.live, READY_PATH: self.ready}
+        routes: dict[str, Callable[[], HttpResponse]] = {
+            LIVE_PATH: self.live,
+            READY_PATH: self.ready,
+        }
         if self.metrics_path:
             routes[self.metrics_path] = self.metrics_page
         return routes

@@ -20,7 +20,8 @@ Batching hooks (called by the batching layer; cheap, thread-safe):
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -63,16 +64,19 @@ TFS_API = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
 DEFAULT_BATCH_THREAD_POOL = "model_server_batch_threads"
 
 
-class Children:
+L = TypeVar("L", Counter, Gauge, Histogram)
+
+
+class Children(Generic[L]):
     """`metric.labels(*values)` memoised: prometheus-client validates on every call."""
 
     __slots__ = ("_cache", "_metric")
 
-    def __init__(self, metric) -> None:
-        self._metric = metric
-        self._cache: dict[tuple[str, ...], object] = {}
+    def __init__(self, metric: L) -> None:
+        self._metric: L = metric
+        self._cache: dict[tuple[str, ...], L] = {}
 
-    def __call__(self, *values: str):
+    def __call__(self, *values: str) -> L:
         child = self._cache.get(values)
         if child is None:
             child = self._cache[values] = self._metric.labels(*values)
@@ -250,10 +254,10 @@ class _VersionStates:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def describe(self):
+    def describe(self) -> list[GaugeMetricFamily]:
         return [GaugeMetricFamily("model_server_model_versions", "")]
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "model_server_model_versions",
             "Model versions the manager knows, by state (LOADING, AVAILABLE, UNLOADING, END...).",

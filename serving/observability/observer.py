@@ -25,11 +25,13 @@ import contextvars
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
 
 from serving.errors import ServingError
+from serving.inference.runner import Runner
 from serving.observability.metrics import TFS_API, Metrics
 from serving.servables.base import Servable
 from serving.servables.signature import Signature
@@ -149,7 +151,7 @@ def signature_label(signature: Signature) -> str:
 class ObservedRunner:
     """Wraps any Runner: notes version/signature on the call and times the run."""
 
-    def __init__(self, runner, metrics: Metrics) -> None:
+    def __init__(self, runner: Runner, metrics: Metrics) -> None:
         self.inner = runner
         self._metrics = metrics
 
@@ -180,6 +182,6 @@ class ObservedRunner:
             m.tfs_example_total.inc((servable.name,), rows)
         return result
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         # Anything else the wrapped runner offers (e.g. batching's close/stats).
         return getattr(self.inner, name)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import config_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.saved_model import loader_impl
 
 from serving.errors import GraphError, ServingError
@@ -87,7 +87,7 @@ class VariablesNotRestored(LoadError):
     """The Session loader left variables uninitialised (see object_graph.py)."""
 
 
-def read_meta_graph(path: str, tags: frozenset[str]):
+def read_meta_graph(path: str, tags: frozenset[str]) -> meta_graph_pb2.MetaGraphDef:
     """The MetaGraphDef the loader would pick, for its signature_def map."""
     try:
         return loader_impl.SavedModelLoader(path).get_meta_graph_def_from_tags(sorted(tags))
@@ -128,7 +128,9 @@ class SessionServable(Servable):
         )
         self.is_hub_module = hub
 
-    def _load(self, path: str, tags: list[str], options: SessionOptions):
+    def _load(
+        self, path: str, tags: list[str], options: SessionOptions
+    ) -> meta_graph_pb2.MetaGraphDef:
         device = options.device
         if not any(os.path.isfile(os.path.join(path, f)) for f in _SAVED_MODEL_FILES):
             raise LoadError(
@@ -162,7 +164,7 @@ class SessionServable(Servable):
         log.debug("session for %s built in %.3fs", path, time.monotonic() - started)
         return meta_graph
 
-    def _init_tables(self, path: str, meta_graph) -> None:
+    def _init_tables(self, path: str, meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
         """Run table initializers the TF1 loader leaves alone (Hub modules)."""
         if loader_impl.get_init_op(meta_graph) is not None:
             return  # a main op / legacy init op already initialised the tables
@@ -171,7 +173,7 @@ class SessionServable(Servable):
             assets = loader_impl.get_asset_tensors(path, meta_graph)
             self._session.run(initializers, feed_dict=assets)
 
-    def _check_restored(self, meta_graph) -> None:
+    def _check_restored(self, meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
         handles = [n.name for n in meta_graph.graph_def.node if n.op == "VarHandleOp"]
         if not handles:
             return
@@ -215,7 +217,9 @@ class SessionServable(Servable):
                 ", ".join(missing),
             )
 
-    def _callable(self, signature: Signature, feed: tuple[str, ...], fetch: tuple[str, ...]):
+    def _callable(
+        self, signature: Signature, feed: tuple[str, ...], fetch: tuple[str, ...]
+    ) -> Callable[..., list[np.ndarray]]:
         key = (signature.key, feed, fetch)
         fn = self._callables.get(key)
         if fn is None:

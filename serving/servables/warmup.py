@@ -20,6 +20,7 @@ from serving.errors import LoadError, ServingError
 from serving.inference.examples import serialized_examples
 from serving.inference.tensors import to_ndarray
 from serving.servables.base import Servable
+from serving.servables.signature import Signature
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def warmup(servable: Servable, iterations: int) -> int:
     return count
 
 
-def _signature(servable: Servable, name: str):
+def _signature(servable: Servable, name: str) -> Signature:
     key = name or servable.default_signature
     if key not in servable.signatures:
         raise LoadError(f'Warmup request names unknown signature "{key}"', 3)

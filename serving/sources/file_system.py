@@ -2,8 +2,9 @@
 
 Only folders whose whole name is a non-negative integer are versions (TF
 Serving's rule); `tmp.1`, `.incoming`, files and symlinks to files are ignored.
-The fingerprint lets the manager retry a version whose load failed once its
-files change (a copy that was still in progress when we first looked).
+The fingerprint goes to the manager with each aspired version, so it can retry
+a version whose load failed once its files change (a copy that was still in
+progress when we first looked).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Polls each model's base path and tells the manager what to serve."""
+"""Polls each model's base path and tells its target (the manager) what to serve."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import threading
 from collections.abc import Mapping
 
 from serving.config.model_config import ModelConfig
-from serving.manager.manager import ServableManager
-from serving.sources.file_system import list_versions
+from serving.config.version_policy import missing_versions, select_versions
+from serving.sources.file_system import fingerprint, list_versions
+from serving.sources.source import AspiredVersion, AspiredVersionsTarget
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,8 @@ class FileSystemSource:
     "poll once").
     """
 
-    def __init__(self, manager: ServableManager, poll_seconds: float) -> None:
-        self._manager = manager
+    def __init__(self, target: AspiredVersionsTarget, poll_seconds: float) -> None:
+        self._target = target
         self._poll_seconds = poll_seconds
         self._models: dict[str, ModelConfig] = {}
         self._lock = threading.Lock()
@@ -39,7 +40,7 @@ class FileSystemSource:
             removed = set(self._models) - set(models)
             self._models = dict(models)
         for name in removed:
-            self._manager.remove_model(name)
+            self._target.set_aspired_versions(name, {})
         self.poll_now()
 
     def poll_now(self) -> None:
@@ -85,19 +86,21 @@ class FileSystemSource:
             )
         else:
             self._problems.pop(model.name, None)
-        chosen = model.version_policy.select(versions)
-        wanted = getattr(model.version_policy, "versions", None)
-        if wanted:
-            for missing in sorted(set(wanted) - chosen):
-                self._report(
-                    f"{model.name}/{missing}",
-                    f"Version {missing} of servable {model.name}, which was requested to be "
-                    "served as a 'specific' version in the servable's version policy, was not "
-                    "found in the file system",
-                )
-        self._manager.set_aspired_versions(
-            model.name, {v: versions[v].path for v in sorted(chosen)}
-        )
+        chosen = select_versions(model.version_policy, versions)
+        for missing in missing_versions(model.version_policy, versions):
+            self._report(
+                f"{model.name}/{missing}",
+                f"Version {missing} of servable {model.name}, which was requested to be "
+                "served as a 'specific' version in the servable's version policy, was not "
+                "found in the file system",
+            )
+        # Fingerprints are taken here, on the source's thread: the manager
+        # never walks storage.
+        aspired = {
+            v: AspiredVersion(versions[v].path, fingerprint(versions[v].path))
+            for v in sorted(chosen)
+        }
+        self._target.set_aspired_versions(model.name, aspired)
 
     def _report(self, key: str, message: str) -> None:
         """Log a problem once, not on every poll."""

@@ -53,12 +53,22 @@ def test_defaults_match_tf_serving() -> None:
         (["positional"], "unexpected argument 'positional'"),
         (["--port=70000"], "port"),
         (["--grpc_channel_arguments=novalue"], "expected key=value"),
-        (["--prefer_tflite_model"], "TFLite models are not served"),
     ],
 )
 def test_bad_flags_are_named(argv: list[str], message: str) -> None:
     with pytest.raises(FlagError, match=message.replace("(", r"\(")):
         parse_flags(argv)
+
+
+def test_tflite_flags_parse() -> None:
+    o = parse_flags(
+        ["--prefer_tflite_model", "--num_tflite_pools=3", "--num_tflite_interpreters_per_pool=2"]
+    )
+    assert (o.prefer_tflite_model, o.num_tflite_pools, o.num_tflite_interpreters_per_pool) == (
+        True,
+        3,
+        2,
+    )
 
 
 def test_channel_arguments_typed_like_tf_serving() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf.message import Message
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_status_pb2,
@@ -17,7 +18,7 @@ from serving.inference.service import ClassifyResult, RegressResult
 from serving.manager.state import VersionStatus
 
 
-def model_ref(request) -> ModelRef:
+def model_ref(request: Message) -> ModelRef:
     """The request's model_spec, checked as TF Serving checks it."""
     if not request.HasField("model_spec"):
         raise invalid_argument("Missing ModelSpec")

@@ -21,6 +21,7 @@ from typing import Any
 
 from serving.api.rest.handlers import RestApi
 from serving.api.rest.http import HttpServer, Request, Response
+from serving.errors import StartupError
 
 log = logging.getLogger("serving.rest")
 
@@ -41,8 +42,6 @@ async def start_rest(options: Any, service: Any, observer: Any = None) -> HttpSe
     try:
         await http.start(options.rest_api_port)
     except OSError as exc:
-        from serving.server import StartupError
-
         raise StartupError(
             f"could not bind HTTP/REST to 0.0.0.0:{options.rest_api_port}: {exc.strerror}"
         ) from None

@@ -17,6 +17,7 @@ import binascii
 import json
 import math
 from collections.abc import Mapping
+from typing import TypeGuard, cast
 
 import numpy as np
 import orjson
@@ -264,7 +265,7 @@ def _type_error(value: object, dtype: int) -> ServingError:
     )
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -582,6 +583,7 @@ def _add_feature_value(value: object, name: str, feature: feature_pb2.Feature) -
             )
         feature.float_list.value.append(value)
     else:
+        value = cast(int, value)  # what is left of JSON's types
         want("int64_list")
         if value > _INT64[1]:
             raise invalid_argument(f"Feature: {name} has uint64 element. Only int64 is supported.")

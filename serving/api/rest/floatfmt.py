@@ -64,7 +64,9 @@ def format_scalar(value: float, double: bool = False) -> str:
     return _finish(text)
 
 
-def _round_sig(a: np.ndarray, e: np.ndarray, digits: int):
+def _round_sig(
+    a: np.ndarray, e: np.ndarray, digits: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Round positive `a` to `digits` significant digits: mantissa, exponent, unsure."""
     lo, hi = 10.0 ** (digits - 1), 10.0**digits
     scaled = a * np.power(10.0, (digits - 1 - e).astype(np.float64))
@@ -83,7 +85,7 @@ def _round_sig(a: np.ndarray, e: np.ndarray, digits: int):
     return m.astype(np.int64), e, unsure
 
 
-def _decimal_value(m: np.ndarray, k: np.ndarray):
+def _decimal_value(m: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """m · 10^k correctly rounded to float64 where |k| <= 22 (else unsure)."""
     kk = np.clip(k, -22, 22).astype(np.float64)
     pos = np.power(10.0, np.abs(kk))

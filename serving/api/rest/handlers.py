@@ -205,7 +205,8 @@ def _version_status(status: VersionStatus, out: get_model_status_pb2.ModelVersio
 
 def _ordered(message, data: dict) -> dict:
     """Key order of protobuf's C++ JSON printer: plain fields first, then set oneof members."""
-    plain, oneof = {}, {}
+    plain: dict[str, object] = {}
+    oneof: dict[str, object] = {}
     fields = message.DESCRIPTOR.fields_by_name
     for key, value in data.items():
         field = fields.get(key) or next(

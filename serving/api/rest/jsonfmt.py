@@ -15,7 +15,7 @@ directives (C code, correctly rounded) formats a whole tensor.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -88,7 +88,9 @@ def tensor_texts(name: str, array: np.ndarray, depth_for_b64: int = 0) -> np.nda
     raise invalid_argument(f"Failed to write JSON value for tensor type: {_type_name(array)}")
 
 
-def _single(array: np.ndarray, head: str, render, tail: str) -> bytes | None:
+def _single(
+    array: np.ndarray, head: str, render: Callable[[np.ndarray], str], tail: str
+) -> bytes | None:
     """One numeric tensor: lay out the format pieces, then one `%` fills every number."""
     numeric = _numeric_specs(array)
     if numeric is None:

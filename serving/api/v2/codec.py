@@ -417,7 +417,14 @@ def from_contents(tensor: Any, name: str) -> np.ndarray:
         out = np.empty(count, dtype=object)
         out[:] = list(values)
         return out.reshape(shape)
-    try:
-        return np.array(values, dtype=dtype).reshape(shape)
-    except OverflowError as exc:
-        raise invalid_argument(f"input '{name}': value out of range for {datatype}") from exc
+    if datatype in _NARROW:
+        # int_contents / uint_contents carry 32 bits: numpy would wrap silently.
+        wide = np.array(values, dtype=np.int64)
+        info = np.iinfo(dtype)
+        if count and (wide.min() < info.min or wide.max() > info.max):
+            raise invalid_argument(f"input '{name}': value out of range for {datatype}")
+        return wide.astype(dtype).reshape(shape)
+    return np.array(values, dtype=dtype).reshape(shape)
+
+
+_NARROW = frozenset({"INT8", "INT16", "UINT8", "UINT16"})

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from serving.config.model_config import ConfigError, load_file, parse_text
-from serving.sources.version_policy import AllPolicy, LatestPolicy, SpecificPolicy
+from serving.config.version_policy import AllPolicy, LatestPolicy, SpecificPolicy
 
 
 def test_tf_serving_good_config(testdata: Path, tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ import pytest
 from serving.errors import LoadError, ServingError
 from serving.manager.manager import ServableManager, ServableRequest
 from serving.manager.state import State
+from serving.sources.file_system import fingerprint
+from serving.sources.source import AspiredVersion
 
 
 class FakeServable:
@@ -142,20 +144,25 @@ def test_retries_then_succeeds(make_manager, loader) -> None:
     assert m.status("m")[0].error == ""
 
 
+def polled(path: Path) -> AspiredVersion:
+    """What the file-system source hands the manager for a version folder."""
+    return AspiredVersion(str(path), fingerprint(str(path)))
+
+
 def test_failed_version_retried_when_files_change(make_manager, loader, tmp_path: Path) -> None:
     version_dir = tmp_path / "1"
     version_dir.mkdir()
     (version_dir / "saved_model.pb").write_bytes(b"half copied")
     m = make_manager(max_load_retries=0)
     loader.failures[1] = 1
-    m.set_aspired_versions("m", {1: str(version_dir)})
+    m.set_aspired_versions("m", {1: polled(version_dir)})
     wait(m, lambda: states(m).get(1) == State.END, "first load failed")
-    m.set_aspired_versions("m", {1: str(version_dir)})  # next poll, nothing changed
+    m.set_aspired_versions("m", {1: polled(version_dir)})  # next poll, nothing changed
     time.sleep(0.1)
     assert states(m)[1] == State.END and loader.calls == [1]
     (version_dir / "variables").mkdir()  # the copy completes
     (version_dir / "variables" / "variables.index").write_bytes(b"done")
-    m.set_aspired_versions("m", {1: str(version_dir)})
+    m.set_aspired_versions("m", {1: polled(version_dir)})
     wait(m, lambda: m.available_versions("m") == [1], "reloaded after the files changed")
 
 

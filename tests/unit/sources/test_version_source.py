@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from serving.config.version_policy import AllPolicy, LatestPolicy, SpecificPolicy
 from serving.sources.file_system import fingerprint, list_versions
-from serving.sources.version_policy import AllPolicy, LatestPolicy, SpecificPolicy
 
 
 def test_only_numbered_folders_are_versions(tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
-"""Version policies: from the versions on disk to the versions to serve.
+"""Version policies: from the versions a source finds to the versions to serve.
 
-Mirrors TF Serving's ServableVersionPolicy (latest N, all, specific).
+TF Serving's ServableVersionPolicy (latest N, all, specific) as frozen data
+with a pure `select`: no storage, no state, so the config layer can own the
+policy and any source (local folders, object storage) can apply it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,19 @@ class SpecificPolicy(BaseModel):
     versions: frozenset[int] = Field(min_length=1)
 
     def select(self, versions: Iterable[int]) -> set[int]:
-        return self.versions & set(versions)
+        return set(versions) & self.versions
 
 
 VersionPolicy = LatestPolicy | AllPolicy | SpecificPolicy
+
+
+def select_versions(policy: VersionPolicy, available: Iterable[int]) -> set[int]:
+    """The versions to serve out of `available`."""
+    return policy.select(available)
+
+
+def missing_versions(policy: VersionPolicy, available: Iterable[int]) -> list[int]:
+    """Versions a `specific` policy names that are not `available`, in order."""
+    if not isinstance(policy, SpecificPolicy):
+        return []
+    return sorted(policy.versions - set(available))

@@ -1,0 +1,37 @@
+"""What batching reports, and to whom: a Protocol the observability layer satisfies.
+
+Batching sits below observability, so it names only this interface; the
+server hands it `serving.observability.metrics`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class BatchMetrics(Protocol):
+    def set_queue_depth(self, model: str, signature: str, depth: int) -> None:
+        """Requests now waiting in the (model, signature) queue."""
+
+    def observe_queue_wait(self, model: str, signature: str, seconds: float) -> None:
+        """A request left the queue after `seconds` (once per request)."""
+
+    def observe_batch(
+        self, model: str, signature: str, size: int, padded_size: int | None = None
+    ) -> None:
+        """One batch ran: `size` real rows, padded to `padded_size` (if padded)."""
+
+
+class NoMetrics:
+    """Reports nothing (batching used without a server, as in tests)."""
+
+    def set_queue_depth(self, model: str, signature: str, depth: int) -> None:
+        pass
+
+    def observe_queue_wait(self, model: str, signature: str, seconds: float) -> None:
+        pass
+
+    def observe_batch(
+        self, model: str, signature: str, size: int, padded_size: int | None = None
+    ) -> None:
+        pass
