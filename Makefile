@@ -55,6 +55,7 @@ lint: install-test
 
 bench: install-test loadtools
 	$(BIN)/python -m loadtests $(BENCH_ARGS)
+	$(BIN)/python -m loadtests.v2
 
 clean:
 	rm -rf $(VENV) models serving/_generated .pytest_cache
