@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     from serving.flags import FlagError, parse_flags, usage
 
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "inspect":
+        from serving import inspect
+
+        return inspect.main(args[1:])
     if any(a in ("--help", "-h", "-help") for a in args):
         print(usage())
         return 0

@@ -47,6 +47,7 @@ from serving.servables.loader import load_placed
 from serving.servables.session_bundle import SessionOptions
 from serving.servables.tflite import TfLiteOptions
 from serving.servables.warmup import warmup
+from serving.sources.hub_paths import resolving_loader
 from serving.sources.poller import FileSystemSource
 
 log = logging.getLogger("serving")
@@ -169,7 +170,7 @@ class ModelServer:
             text_format.MessageToString(self.placement.session_config(), as_one_line=True),
         )
         self.manager = ServableManager(
-            self.obs.wrap_loader(self.load),
+            self.obs.wrap_loader(resolving_loader(self.load)),
             max_load_retries=options.max_num_load_retries,
             load_retry_interval_s=options.load_retry_interval_micros / 1e6,
             load_threads=options.num_load_threads or 2,

@@ -8,8 +8,10 @@ from collections.abc import Mapping
 
 from serving.config.model_config import ModelConfig
 from serving.config.version_policy import missing_versions, select_versions
-from serving.sources.file_system import fingerprint, list_versions
+from serving.sources.file_system import fingerprint
+from serving.sources.hub_paths import list_model_versions
 from serving.sources.source import AspiredVersion, AspiredVersionsTarget
+from serving.storage.hub import HubError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,10 @@ class FileSystemSource:
 
     def _poll_model(self, model: ModelConfig) -> None:
         try:
-            versions = list_versions(model.base_path)
+            versions = list_model_versions(model.base_path)
+        except HubError as exc:
+            self._report(model.name, f"Servable {model.name}: {exc}")
+            return
         except OSError as exc:
             # Keep serving what is loaded: a transient storage error must not
             # unload a model (TF Serving also leaves the aspired set alone).

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "serving.flags",
         ),
     ),
+    ("storage", ("serving.storage",)),
     ("sources", ("serving.sources",)),
     ("manager", ("serving.manager",)),
     ("core", ("serving.core", "serving.repository")),
@@ -38,7 +39,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inference", ("serving.inference",)),
     ("observability", ("serving.observability",)),
     ("api", ("serving.api",)),
-    ("server", ("serving.server", "serving.cli", "serving.__main__", "serving.examples")),
+    (
+        "server",
+        (
+            "serving.server",
+            "serving.cli",
+            "serving.__main__",
+            "serving.examples",
+            "serving.inspect",
+        ),
+    ),
 ]
 
 # Imports that still point upward, each with the reason it has not moved yet.
