@@ -8,6 +8,9 @@ extension, errors, and the metrics the calls leave.
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
 
 import ml_dtypes
 import numpy as np
@@ -19,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import install
+from tests.e2e.test_observability import write_slow_model
 from tests.harness import ServerProcess, wait_for
 from tests.v2_models import DTYPES, write_v2_dtypes_model
 
@@ -432,3 +436,56 @@ def test_metrics_count_v2_calls_by_protocol(server, http, grpc_client):
     wait_for(lambda: count("v2-rest") == before["v2-rest"] + 3, 5, "v2-rest count")
     assert count("v2-grpc") == before["v2-grpc"] + 1
     assert count("rest") == before["rest"]
+
+
+# ---------------------------------------------------------------------- drain
+
+
+def test_sigterm_drain_refuses_new_v2_calls_and_finishes_running_ones(start_server, tmp_path):
+    write_slow_model(tmp_path / "slow" / "1")
+    server = start_server(
+        "--model_name=slow", f"--model_base_path={tmp_path / 'slow'}", "--drain_timeout_seconds=20"
+    )
+    server.wait_available("slow")
+    slow = {"x": np.array([[4.0]], np.float32), "delay": np.array([3.0], np.float32)}
+    quick = {"x": np.array([[1.0]], np.float32), "delay": np.array([0.0], np.float32)}
+    results: dict = {}
+
+    def run(kind: str) -> None:
+        # A client per thread: tritonclient's clients are not shared across threads.
+        if kind == "rest":
+            client = thttp.InferenceServerClient(f"127.0.0.1:{server.rest_port}")
+            infer = _http_infer
+        else:
+            client = tgrpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+            infer = _grpc_infer
+        started = time.monotonic()
+        try:
+            results[kind] = infer(client, "slow", slow).as_numpy("y").tolist()
+        except InferenceServerException as exc:
+            results[kind] = exc
+        results[f"{kind}_seconds"] = time.monotonic() - started
+        client.close()
+
+    workers = [threading.Thread(target=run, args=(kind,)) for kind in ("rest", "grpc")]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)  # both are running the 3-second model now
+    server.proc.send_signal(signal.SIGTERM)
+    http = thttp.InferenceServerClient(f"127.0.0.1:{server.rest_port}")
+    grpc_client = tgrpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    wait_for(lambda: not http.is_server_ready(), 5, "V2 readiness to drop")
+    assert http.is_server_live()
+    with pytest.raises(InferenceServerException) as rest_err:
+        _http_infer(http, "slow", quick)
+    assert rest_err.value.status() == "503"
+    with pytest.raises(InferenceServerException) as grpc_err:
+        _grpc_infer(grpc_client, "slow", quick)
+    assert grpc_err.value.status() == "StatusCode.UNAVAILABLE"  # GOAWAY, then no new connections
+    for worker in workers:
+        worker.join(30)
+    assert results["rest"] == [[4.0]] and results["grpc"] == [[4.0]], results
+    assert results["rest_seconds"] >= 2.5 and results["grpc_seconds"] >= 2.5
+    assert server.proc.wait(20) == 0
+    http.close()
+    grpc_client.close()
