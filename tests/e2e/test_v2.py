@@ -126,8 +126,13 @@ def test_health_and_server_metadata(server, http, grpc_client):
     assert meta["name"] == "model-server"
     assert {"binary_tensor_data", "model_repository"} <= set(meta["extensions"])
     assert list(grpc_client.get_server_metadata().extensions) == meta["extensions"]
-    assert requests.get(f"{server.rest_url}/v2/health/live").status_code == 200
-    assert requests.get(f"{server.rest_url}/v2/models/nope/ready").status_code == 400
+    # Triton's clients read the status code, KServe's the JSON body.
+    live = requests.get(f"{server.rest_url}/v2/health/live")
+    assert (live.status_code, live.json()) == (200, {"live": True})
+    ready = requests.get(f"{server.rest_url}/v2/health/ready")
+    assert (ready.status_code, ready.json()) == (200, {"ready": True})
+    missing = requests.get(f"{server.rest_url}/v2/models/nope/ready")
+    assert (missing.status_code, missing.json()) == (400, {"name": "nope", "ready": False})
 
 
 @pytest.mark.parametrize(

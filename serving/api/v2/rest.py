@@ -1,9 +1,9 @@
 """V2's REST endpoints (`/v2/...`) on the same HTTP server and port as `/v1`.
 
     GET  /v2                                          server metadata
-    GET  /v2/health/live | /v2/health/ready           200 true, 400 false
+    GET  /v2/health/live | /v2/health/ready           200 true, 400 false; {"live"|"ready": bool}
     GET  /v2/models/{m}[/versions/{v}]                model metadata
-    GET  /v2/models/{m}[/versions/{v}]/ready          200 true, 400 false
+    GET  /v2/models/{m}[/versions/{v}]/ready          200 true, 400 false; {"ready": bool}
     POST /v2/models/{m}[/versions/{v}]/infer          inference (JSON or binary data)
     POST /v2/repository/index                         model repository extension
     POST /v2/repository/models/{m}/load | /unload
@@ -67,11 +67,15 @@ class V2Rest:
     async def server_metadata(self, request: Request) -> Response:
         return _json(200, self.v2.server_metadata())
 
+    # Health answers by status code (200 true, 400 false, as Triton's clients
+    # read it) and by body ({"live": ...}, {"ready": ...}, as KServe's read it).
     async def live(self, request: Request) -> Response:
-        return Response(200 if self.v2.live() else 400, _EMPTY, JSON)
+        live = self.v2.live()
+        return _json(200 if live else 400, {"live": live})
 
     async def ready(self, request: Request) -> Response:
-        return Response(200 if self.v2.ready() else 400, _EMPTY, JSON)
+        ready = self.v2.ready()
+        return _json(200 if ready else 400, {"ready": ready})
 
     async def repository_index(self, request: Request) -> Response:
         try:
@@ -107,7 +111,7 @@ class V2Rest:
                     raise invalid_argument(f"{request.method} {path}: use GET")
                 if verb == "ready":
                     ok = self.v2.model_ready(name, version)
-                    return Response(200 if ok else 400, _EMPTY, JSON)
+                    return _json(200 if ok else 400, {"name": name, "ready": ok})
                 return await self.model_metadata(name, version)
             match = _REPO.fullmatch(path)
             if match is not None and request.method == "POST":
