@@ -30,8 +30,9 @@ WORKDIR /src
 
 # Third-party dependencies first, from pyproject.toml alone, so that this
 # (large: TensorFlow) layer is rebuilt only when the dependencies change.
+# The `text` extra too: TF Serving's image serves TensorFlow Text models.
 COPY pyproject.toml ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["text"]))' \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
 

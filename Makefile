@@ -15,7 +15,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml $(wildcard protos/*.proto protos/*/*/*.proto)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e .
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[text]'
 	$(BIN)/python -m serving.protogen
 	@touch $@
 
@@ -27,7 +27,7 @@ install-test: $(TSTAMP)
 TRITONCLIENT := tritonclient==2.73.0
 
 $(TSTAMP): $(STAMP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,text]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps '$(TRITONCLIENT)'
 	@touch $@
 

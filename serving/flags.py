@@ -209,7 +209,7 @@ class ServerOptions(BaseModel):
     )
     xla_cpu_compilation_enabled: bool = flag(False, "Enable XLA:CPU JIT compilation.", inert=True)
     enable_profiler: bool = flag(
-        True, "Serve the TensorFlow profiler on the gRPC port.", inert=True
+        True, "Enable profiler service (tensorflow.ProfilerService on the gRPC port)."
     )
     skip_initialize_tpu: bool = flag(False, "Skip TPU initialization.", inert=True)
     mixed_precision: str = flag("", "Mixed precision mode (e.g. bfloat16).", inert=True)
@@ -248,6 +248,9 @@ class ServerOptions(BaseModel):
     max_request_bytes: int = flag(
         0, "Largest request accepted over gRPC and REST (0 = 2 GiB, gRPC's limit).", ge=0
     )
+    custom_op_libraries: str = flag(
+        "", "Comma-separated TensorFlow op libraries (.so) to load at start-up, before any model."
+    )
 
     @field_validator("grpc_channel_arguments")
     @classmethod
@@ -276,6 +279,10 @@ class ServerOptions(BaseModel):
     @property
     def inter_op_threads(self) -> int:
         return self.tensorflow_inter_op_parallelism or self.tensorflow_session_parallelism
+
+    @property
+    def op_libraries(self) -> list[str]:
+        return [p.strip() for p in self.custom_op_libraries.split(",") if p.strip()]
 
     @property
     def max_message_bytes(self) -> int:

@@ -40,10 +40,12 @@ from serving.manager.manager import ServableManager
 from serving.observability import Observability
 from serving.observability import metrics as batch_metrics
 from serving.observability.http import HttpResponse
+from serving.observability.profiler import ProfilerProxy, add_profiler_service
 from serving.protos import SSLConfig
 from serving.repository import ModelRepository
 from serving.servables.base import Servable
 from serving.servables.loader import load_placed
+from serving.servables.ops import OpLibraryError, load_op_libraries
 from serving.servables.session_bundle import SessionOptions
 from serving.servables.tflite import TfLiteOptions
 from serving.servables.warmup import warmup
@@ -146,6 +148,10 @@ class ModelServer:
         check_options(options)
         self.options = options
         try:
+            load_op_libraries(options.op_libraries)
+        except OpLibraryError as exc:
+            raise StartupError(str(exc)) from None
+        try:
             self.initial_models = initial_models(options)
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
@@ -212,6 +218,7 @@ class ModelServer:
         )
         self.observer = self.obs.observer
         self._grpc: grpc.aio.Server | None = None
+        self._profiler: ProfilerProxy | None = None
         self.grpc_addresses: list[str] = []
         # The REST server; others add routes to it.
         self.http: HttpServer | None = None
@@ -270,6 +277,8 @@ class ModelServer:
         add_services(server, prediction, model)
         add_v2_service(server, self.v2)
         self.obs.add_grpc_services(server)
+        if opts.enable_profiler:
+            self._profiler = add_profiler_service(server)
         addresses = []
         if opts.port:
             addresses.append(f"0.0.0.0:{opts.port}")
@@ -336,3 +345,5 @@ class ModelServer:
         if self.batching is not None:
             self.batching.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._profiler is not None:
+            await self._profiler.close()

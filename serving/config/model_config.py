@@ -105,7 +105,10 @@ def parse_text(text: str, source: str = "<config>") -> ServerModels:
     try:
         text_format.Parse(text, proto)
     except text_format.ParseError as exc:
-        raise ConfigError(f"{source}: not a valid ModelServerConfig text proto: {exc}") from None
+        # TF Serving's wording (protobuf's text parser's), which operators' scripts look for.
+        raise ConfigError(
+            f"Error parsing text-format {proto.DESCRIPTOR.full_name}: {source}: {exc}"
+        ) from None
     try:
         return from_proto(proto)
     except ValidationError as exc:

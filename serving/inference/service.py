@@ -22,7 +22,7 @@ from serving.inference.signatures import (
 )
 from serving.manager.manager import ServableManager
 from serving.manager.state import VersionStatus
-from serving.servables.signature import CLASSIFY_METHOD, REGRESS_METHOD, Signature
+from serving.servables.signature import CLASSIFY_METHOD, REGRESS_METHOD, Signature, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -141,9 +141,9 @@ class InferenceService:
                     raise invalid_argument(f"Requested signature not found in model graph: {key}")
                 chosen.append((task, signature))
             combined, routes = self._combine(chosen)
-            out = await self.runner.run(
-                servable, combined, {"inputs": examples}, list(combined.outputs)
-            )
+            # Every task's input tensor gets the same serialized examples.
+            feed = dict.fromkeys(combined.inputs, examples)
+            out = await self.runner.run(servable, combined, feed, list(combined.outputs))
             results: list[ClassifyResult | RegressResult] = []
             for (task, signature), route in zip(chosen, routes, strict=True):
                 if task.method_name == CLASSIFY_METHOD:
@@ -165,8 +165,13 @@ class InferenceService:
     def _combine(
         self, chosen: Sequence[tuple[InferenceTask, Signature]]
     ) -> tuple[Signature, list[dict[str, str]]]:
-        """One signature holding every task's outputs, so one run serves all."""
-        input_spec = None
+        """One signature holding every task's inputs and outputs, so one run serves all.
+
+        TF2 exports give each signature its own input placeholder: like TF
+        Serving, the distinct input tensors are all fed (with the same
+        examples) rather than requiring one shared input.
+        """
+        inputs: dict[str, TensorSpec] = {}  # tensor name → spec
         outputs = {}
         routes: list[dict[str, str]] = []
         for index, (task, signature) in enumerate(chosen):
@@ -178,19 +183,16 @@ class InferenceService:
             else:
                 raise unimplemented(f"Unsupported signature method_name: {task.method_name}")
             spec = next(iter(signature.inputs.values()))
-            if input_spec is None:
-                input_spec = spec
-            elif spec.tensor_name != input_spec.tensor_name:
-                raise invalid_argument("Input tensor must be the same for all Signatures.")
+            inputs.setdefault(spec.tensor_name, spec)
             route = {}
             for alias in wanted:
                 key = f"{index}/{alias}"
                 outputs[key] = signature.outputs[alias]
                 route[alias] = key
             routes.append(route)
-        assert input_spec is not None
         key = "\x00multi:" + ",".join(sig.key for _t, sig in chosen)
-        combined = Signature(key, "", {"inputs": input_spec}, outputs)
+        aliased = {f"inputs{i}": spec for i, spec in enumerate(inputs.values())}
+        combined = Signature(key, "", aliased, outputs)
         return combined, routes
 
     def metadata(self, ref: ModelRef) -> MetadataResult:

@@ -36,6 +36,7 @@ from serving.servables.base import (
     Servable,
 )
 from serving.servables.callables import TunedCallable
+from serving.servables.ops import explain_missing_op, register_missing_ops
 from serving.servables.signature import Signature
 
 log = logging.getLogger(__name__)
@@ -140,12 +141,10 @@ class SessionServable(Servable):
         started = time.monotonic()
         try:
             loader = loader_impl.SavedModelLoader(path)
+            stored = loader.get_meta_graph_def_from_tags(tags)
+            register_missing_ops(stored)  # TF Text's, if the graph needs them
             # Read before loading: clear_devices strips the pins in place.
-            pinned = {
-                node.device
-                for node in loader.get_meta_graph_def_from_tags(tags).graph_def.node
-                if node.device
-            }
+            pinned = {node.device for node in stored.graph_def.node if node.device}
             # The device scope applies to every imported op without a device
             # of its own; with clear_devices that is all of them.
             with self._graph.as_default(), self._graph.device(device or None):
@@ -159,7 +158,8 @@ class SessionServable(Servable):
         except (tf.errors.OpError, RuntimeError, ValueError, OSError, KeyError) as exc:
             message = (getattr(exc, "message", None) or str(exc)).strip()
             code = exc.error_code if isinstance(exc, tf.errors.OpError) else 2
-            raise LoadError(message.splitlines()[0] if message else repr(exc), code) from exc
+            first = explain_missing_op(message.splitlines()[0]) if message else repr(exc)
+            raise LoadError(first, code) from exc
         self._warn_on_absent_devices(path, pinned, device if options.clear_devices else "")
         log.debug("session for %s built in %.3fs", path, time.monotonic() - started)
         return meta_graph

@@ -165,6 +165,72 @@ def test_multi_inference(server: ServerProcess) -> None:
     assert response.results[1].model_spec.signature_name == "regress_x_to_y2"
 
 
+def test_multi_inference_across_input_tensors(server: ServerProcess) -> None:
+    # TF2 exports give each signature its own input placeholder: all are fed
+    # the same examples, in one run (TF Serving's MultiInference semantics).
+    for model in ("half_plus_two_tf2", "half_plus_two"):
+        request = inference_pb2.MultiInferenceRequest()
+        for signature, method in (
+            ("regress_x_to_y", "tensorflow/serving/regress"),
+            ("classify_x_to_y", "tensorflow/serving/classify"),
+        ):
+            task = request.tasks.add()
+            task.model_spec.name = model
+            task.model_spec.signature_name = signature
+            task.method_name = method
+        _example_input(request, [2.0])
+        response = server.predict_stub.MultiInference(request, timeout=10)
+        assert response.results[0].regression_result.regressions[0].value == 3.0
+        assert response.results[1].classification_result.classifications[0].classes[0].score == 3.0
+        assert [r.model_spec.signature_name for r in response.results] == [
+            "regress_x_to_y",
+            "classify_x_to_y",
+        ]
+        assert response.results[0].model_spec.version.value == 123
+
+
+@pytest.mark.parametrize(
+    ("tasks", "code", "message"),
+    [
+        (
+            [
+                ("half_plus_two_tf2", "regress_x_to_y", "regress"),
+                ("half_plus_two", "regress_x_to_y", "regress"),
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "All ModelSpecs in a MultiInferenceRequest must access the same model name.",
+        ),
+        (
+            [("half_plus_two_tf2", "regress_x_to_y", "regress")] * 2,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Duplicate evaluation of signature: regress_x_to_y",
+        ),
+        (
+            [("half_plus_two_tf2", "nope", "regress")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Requested signature not found in model graph: nope",
+        ),
+        (
+            [("half_plus_two_tf2", "regress_x_to_y", "predict")],
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Unsupported signature method_name: tensorflow/serving/predict",
+        ),
+    ],
+)
+def test_multi_inference_errors(server: ServerProcess, tasks, code, message: str) -> None:
+    request = inference_pb2.MultiInferenceRequest()
+    for model, signature, method in tasks:
+        task = request.tasks.add()
+        task.model_spec.name = model
+        task.model_spec.signature_name = signature
+        task.method_name = f"tensorflow/serving/{method}"
+    _example_input(request, [2.0])
+    with pytest.raises(grpc.RpcError) as err:
+        server.predict_stub.MultiInference(request, timeout=10)
+    assert err.value.code() == code
+    assert err.value.details() == message
+
+
 def test_counter_with_reference_variables_and_no_inputs(server: ServerProcess) -> None:
     def call(signature: str, **inputs) -> float:
         arrays = {k: np.float32(v) for k, v in inputs.items()}

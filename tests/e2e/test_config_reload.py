@@ -45,6 +45,11 @@ def test_unparseable_config_at_start_exits_naming_file(testdata: Path) -> None:
     assert result.returncode != 0
     assert str(bad) in result.stderr
     assert "improperly" in result.stderr  # the parse error itself
+    # TF Serving's phrase, then the file and the parser's line:column message.
+    assert (
+        f"Error parsing text-format tensorflow.serving.ModelServerConfig: {bad}: 1:1 : "
+        in result.stderr
+    )
     assert time.monotonic() - started < 30
 
 

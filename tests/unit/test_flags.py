@@ -102,7 +102,7 @@ def test_help_lists_every_field_with_its_default() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["rest_api_num_threads", "flush_filesystem_caches", "enable_profiler"]
+    "name", ["rest_api_num_threads", "flush_filesystem_caches", "skip_initialize_tpu"]
 )
 def test_inert_flags_are_accepted_and_marked(name: str) -> None:
     line = next(line for line in usage().splitlines() if line.startswith(f"\t--{name}="))

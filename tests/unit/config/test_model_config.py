@@ -28,6 +28,9 @@ def test_tf_serving_bad_config_names_file_and_error(testdata: Path) -> None:
         load_file(str(path))
     assert str(path) in str(err.value)
     assert "improperly" in str(err.value)
+    assert str(err.value).startswith(
+        "Error parsing text-format tensorflow.serving.ModelServerConfig: "
+    )
 
 
 def test_policies_and_labels() -> None:
@@ -68,7 +71,10 @@ def test_policies_and_labels() -> None:
             'model_config_list { config { name: "a" base_path: "/a" model_platform: "onnx" } }',
             "unsupported model_platform 'onnx'",
         ),
-        ("model_config_list { config { name: ", "not a valid ModelServerConfig"),
+        (
+            "model_config_list { config { name: ",
+            "Error parsing text-format tensorflow.serving.ModelServerConfig: x.config: ",
+        ),
     ],
 )
 def test_invalid_configs(text: str, message: str) -> None:
