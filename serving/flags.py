@@ -134,6 +134,11 @@ class ServerOptions(BaseModel):
     flush_filesystem_caches: bool = flag(
         True, "Flush file system caches after the initial load of all servables.", inert=True
     )
+    model_cache_dir: str = flag(
+        "",
+        "Local folder where versions from object storage (s3://, gs://, az://) are downloaded "
+        "once and reused across restarts ('' = model-server-cache under the temp dir).",
+    )
     tensorflow_session_parallelism: int = flag(
         0,
         "Number of threads to use for running a Tensorflow session "

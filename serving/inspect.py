@@ -21,62 +21,25 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from serving.sources.file_system import list_versions
-from serving.storage.hub import HubError, HubStorage, is_hub_handle, scheme_of
+from serving.storage import ModelStorage, StorageError, default_cache_dir, open_storage
+from serving.storage.hub import HubStorage, is_hub_handle, scheme_of
 
 HUB_MODULE_FILE = "tfhub_module.pb"
-
-
-class ModelStorage(Protocol):
-    base_path: str
-
-    def versions(self) -> dict[int, str]: ...
-
-    def fingerprint(self, version: int) -> tuple: ...
-
-    def local_path(self, version: int) -> str: ...
 
 
 class InspectError(Exception):
     """The path cannot be inspected; the message says why."""
 
 
-class LocalStorage:
-    """A local base path of numbered version folders."""
-
-    def __init__(self, base_path: str) -> None:
-        self.base_path = base_path
-
-    def versions(self) -> dict[int, str]:
-        try:
-            return {v: d.path for v, d in list_versions(self.base_path).items()}
-        except OSError as exc:
-            raise InspectError(
-                f"Could not find base path {self.base_path}: {exc.strerror or exc}"
-            ) from None
-
-    def fingerprint(self, version: int) -> tuple:
-        return (self.versions().get(version),)
-
-    def local_path(self, version: int) -> str:
-        path = self.versions().get(version)
-        if path is None:
-            raise InspectError(f"no version {version} under {self.base_path}")
-        return path
-
-
 def storage_for(path: str) -> ModelStorage:
-    """The storage behind a base path (object-storage schemes join here when available)."""
-    if is_hub_handle(path):
-        return HubStorage(path)
-    scheme = scheme_of(path)
-    if scheme == "file":
-        return LocalStorage(path[len("file://") :])
-    if scheme is not None:
-        raise InspectError(f"File system scheme '{scheme}' not implemented (file: '{path}')")
-    return LocalStorage(path)
+    """The storage behind a base path: the server's own dispatch (local, object storage,
+    handles), so inspect sees exactly what the server would."""
+    try:
+        return open_storage(path, default_cache_dir())
+    except StorageError as exc:
+        raise InspectError(str(exc)) from None
 
 
 # --------------------------------------------------------------------- facts
@@ -110,7 +73,7 @@ def gather(path: str, version: int | None = None) -> Report:
         storage = storage_for(path)
         try:
             found = storage.versions()
-        except HubError as exc:
+        except StorageError as exc:
             raise InspectError(str(exc)) from None
         kind = "handle" if isinstance(storage, HubStorage) else "base path"
         report = Report(path, kind, versions=sorted(found))
@@ -124,7 +87,7 @@ def gather(path: str, version: int | None = None) -> Report:
         report.inspected_version = chosen
         try:
             report.model_dir = storage.local_path(chosen)
-        except HubError as exc:
+        except StorageError as exc:
             raise InspectError(str(exc)) from None
         if not is_model_dir(report.model_dir):
             raise InspectError(

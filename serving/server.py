@@ -40,6 +40,7 @@ from serving.manager.manager import ServableManager
 from serving.observability import Observability
 from serving.observability import metrics as batch_metrics
 from serving.observability.http import HttpResponse
+from serving.observability.metrics import StorageHooks
 from serving.observability.profiler import ProfilerProxy, add_profiler_service
 from serving.protos import SSLConfig
 from serving.repository import ModelRepository
@@ -49,8 +50,8 @@ from serving.servables.ops import OpLibraryError, load_op_libraries
 from serving.servables.session_bundle import SessionOptions
 from serving.servables.tflite import TfLiteOptions
 from serving.servables.warmup import warmup
-from serving.sources.hub_paths import resolving_loader
 from serving.sources.poller import FileSystemSource
+from serving.storage import StorageError, Storages, set_download_observer
 
 log = logging.getLogger("serving")
 
@@ -84,7 +85,10 @@ def check_options(options: ServerOptions) -> None:
 def initial_models(options: ServerOptions) -> ServerModels:
     if options.model_config_file:
         return load_file(options.model_config_file)
-    return single_model(options.model_name, os.path.abspath(options.model_base_path))
+    base_path = options.model_base_path
+    return single_model(
+        options.model_name, base_path if "://" in base_path else os.path.abspath(base_path)
+    )
 
 
 def session_options(options: ServerOptions) -> SessionOptions:
@@ -176,7 +180,7 @@ class ModelServer:
             text_format.MessageToString(self.placement.session_config(), as_one_line=True),
         )
         self.manager = ServableManager(
-            self.obs.wrap_loader(resolving_loader(self.load)),
+            self.obs.wrap_loader(self.load),
             max_load_retries=options.max_num_load_retries,
             load_retry_interval_s=options.load_retry_interval_micros / 1e6,
             load_threads=options.num_load_threads or 2,
@@ -185,7 +189,12 @@ class ModelServer:
         )
         self.heap = HeapFreezer()  # keeps full GC pauses off the request path
         self.manager.add_listener(self.heap)
-        self.source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
+        # Object-storage versions are downloaded here by the load threads.
+        self.storages = Storages(options.model_cache_dir or None)
+        set_download_observer(StorageHooks())
+        self.source = FileSystemSource(
+            self.manager, options.file_system_poll_wait_seconds, self.storages
+        )
         self.core = ServerCore(self.manager, self.source)
         self.executor = ThreadPoolExecutor(
             max_workers=options.grpc_max_threads or max(8, 4 * (os.cpu_count() or 1)),
@@ -223,7 +232,13 @@ class ModelServer:
         # The REST server; others add routes to it.
         self.http: HttpServer | None = None
 
-    def load(self, name: str, version: int, path: str) -> Servable:
+    def load(self, name: str, version: int, location: str) -> Servable:
+        try:
+            # Downloads a remote version or fetches a handle once, on this load thread.
+            path = self.storages.local_path(location)
+        except StorageError as exc:
+            code = getattr(exc, "code", 14)  # a handle's own status, else UNAVAILABLE
+            raise LoadError(str(exc), code=code) from None
         servable = load_placed(
             name, version, path, self.placement.session_options(name), self._tflite
         )

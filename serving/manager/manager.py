@@ -114,6 +114,8 @@ class ServableManager(Generic[S]):
         if on_transition is not None:
             self._listeners.append(on_transition)
         self._models: dict[str, _Model[S]] = {}
+        # Why a model's versions cannot be listed now (storage errors), for its status.
+        self._source_errors: dict[str, str] = {}
         lock = threading.RLock()
         self._cond = threading.Condition(lock)
         # Signalled when an unloading version's last request finishes. Kept
@@ -156,6 +158,14 @@ class ServableManager(Generic[S]):
                     known.retry_at = None
                 known.fingerprint = want.fingerprint
             self._cond.notify_all()
+
+    def set_source_error(self, name: str, error: str | None) -> None:
+        """The source could not list `name` (None: it can again); shown by status()."""
+        with self._cond:
+            if error:
+                self._source_errors[name] = error
+            else:
+                self._source_errors.pop(name, None)
 
     def set_labels(self, name: str, labels: Mapping[str, int]) -> None:
         """Ask for version labels; each takes effect once its version is AVAILABLE.
@@ -233,7 +243,10 @@ class ServableManager(Generic[S]):
         with self._cond:
             model = self._models.get(name)
             if model is None or not model.versions:
-                raise not_found(f"Could not find any versions of model {name}")
+                error = self._source_errors.get(name)
+                raise not_found(
+                    f"Could not find any versions of model {name}" + (f": {error}" if error else "")
+                )
             entries = sorted(model.versions.values(), key=lambda v: -v.version)
             if version is not None:
                 entries = [v for v in entries if v.version == version]

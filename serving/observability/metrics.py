@@ -179,6 +179,28 @@ class Metrics:
             registry=reg,
         )
 
+        # ------------------------------------------------------------- storage
+        self.storage_bytes = Counter(
+            "model_server_storage_download_bytes",
+            "Bytes downloaded from object storage into the model cache, by URL scheme.",
+            ["scheme"],
+            registry=reg,
+        )
+        self.storage_seconds = Histogram(
+            "model_server_storage_download_seconds",
+            "Time to download one model version into the cache (successful downloads).",
+            ["scheme"],
+            buckets=LOAD_BUCKETS,
+            registry=reg,
+        )
+        self.storage_versions = Counter(
+            "model_server_storage_versions",
+            "Versions materialised from object storage, by outcome: "
+            "downloaded, cached (reused from the cache) or failed.",
+            ["scheme", "outcome"],
+            registry=reg,
+        )
+
         # ----------------------------------------------------- TF Serving names
         self.tfs = TfsRegistry()
         us = exponential_buckets(10, 1.8, 33)
@@ -306,6 +328,24 @@ def observe_queue_wait(
     m = get()
     m.c_queue_wait(model, signature).observe(seconds)
     m.tfs_queuing_latency.observe((thread_pool_name,), seconds * 1e6)
+
+
+class StorageHooks:
+    """serving.storage's download observer: cache fills (load threads only)."""
+
+    def downloaded(self, scheme: str, size: int) -> None:
+        get().storage_bytes.labels(scheme).inc(size)
+
+    def download_finished(self, scheme: str, seconds: float) -> None:
+        m = get()
+        m.storage_seconds.labels(scheme).observe(seconds)
+        m.storage_versions.labels(scheme, "downloaded").inc()
+
+    def download_failed(self, scheme: str) -> None:
+        get().storage_versions.labels(scheme, "failed").inc()
+
+    def cache_hit(self, scheme: str) -> None:
+        get().storage_versions.labels(scheme, "cached").inc()
 
 
 def set_queue_depth(model: str, signature: str, depth: int) -> None:

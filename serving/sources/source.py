@@ -30,3 +30,8 @@ class AspiredVersion:
 class AspiredVersionsTarget(Protocol):
     def set_aspired_versions(self, name: str, aspired: Mapping[int, AspiredVersion]) -> None:
         """The complete set of versions of `name` that should be served now."""
+
+
+class SourceTarget(AspiredVersionsTarget, Protocol):
+    def set_source_error(self, name: str, error: str | None) -> None:
+        """Why `name`'s base path cannot be listed now (None: it can again), for its status."""

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import IO, cast
 
 from serving.storage.archive import ArchiveError, extract_tar, model_root
+from serving.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,11 @@ INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNIMPLEMENTED, UNAVAILABLE = 3, 
 Opener = Callable[[str], IO[bytes]]
 
 
-class HubError(Exception):
+class HubError(StorageError):
     """A handle that cannot be resolved; `code` is the gRPC status code for its status."""
 
     def __init__(self, message: str, code: int = UNAVAILABLE) -> None:
-        super().__init__(message)
+        super().__init__(message, transient=code == UNAVAILABLE)
         self.code = code
 
 
@@ -158,6 +159,9 @@ class HubStorage:
                 return (self.base_path,)
             return (self.base_path, st.st_size, st.st_mtime_ns)
         return (self.base_path,)  # a published handle's content never changes
+
+    def retain(self, versions: set[int]) -> None:
+        """Nothing to drop: the TF Hub cache is shared with `tensorflow_hub` and other servers."""
 
     @property
     def module_dir(self) -> str:
@@ -292,7 +296,7 @@ class HubStorage:
         if self._opener is not None:
             return self._opener(self.base_path)
         try:
-            import fsspec  # type: ignore[import-not-found, unused-ignore]
+            import fsspec
         except ImportError:
             raise HubError(
                 f"{self.base_path}: reading {self._scheme}:// archives needs the "

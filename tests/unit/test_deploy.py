@@ -46,13 +46,16 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
-SYNC_SCRIPT = DEPLOY / "base" / "sync-models.sh"
+SYNC = DEPLOY / "components" / "sync-models"
+SYNC_SCRIPT = SYNC / "sync-models.sh"
 DOCKERFILE = ROOT / "Dockerfile"
 
 # Oldest supported (PDB unhealthyPodEvictionPolicy is on by default from 1.27)
 # and newest schema set shipped by kubernetes-validate.
 K8S_VERSIONS = ("1.27.0", "1.37.0")
 TARGETS = ("base", "overlays/cpu", "overlays/gpu")
+# Every rendering checked: the targets, and cpu with the optional sync init container.
+VARIANTS = (*((t, ()) for t in TARGETS), ("overlays/cpu", ("components/sync-models",)))
 METRICS_PATH = "/monitoring/prometheus/metrics"
 CUSTOM_METRIC = "model_server_requests_per_second"
 
@@ -272,9 +275,12 @@ def flag(args: list[str], name: str) -> str | None:
     return values[-1] if values else None
 
 
-@pytest.fixture(scope="module", params=TARGETS)
+@pytest.fixture(
+    scope="module", params=VARIANTS, ids=lambda v: "+".join((v[0], *v[1])).replace("/", "-")
+)
 def rendered(request) -> tuple[str, list[dict]]:
-    return request.param, render(request.param)
+    target, components = request.param
+    return "+".join((target, *components)), render(target, components)
 
 
 # ------------------------------------------------------------ k8s validation
@@ -457,13 +463,15 @@ def test_server_configuration(rendered) -> None:
     models_config = text_format.Parse(
         config_map_file(flag(args, "--model_config_file")), msc.ModelServerConfig()
     )
-    model_mount = mounts["models"]["mountPath"]
     assert "emptyDir" in volumes["models"]
     configs = models_config.model_config_list.config
     assert configs
-    for m in configs:
-        assert m.base_path.startswith(model_mount + "/"), m.base_path
-        assert "/" not in m.base_path[len(model_mount) + 1 :], m.base_path
+    # The model cache: a writable emptyDir, never on the read-only root.
+    cache = flag(args, "--model_cache_dir")
+    assert any(
+        m["name"] == "models" and m["mountPath"] == cache and not m.get("readOnly")
+        for m in c["volumeMounts"]
+    ), cache
 
     monitoring = config_map_file(flag(args, "--monitoring_config_file"))
     assert re.search(r"enable:\s*true", monitoring)
@@ -478,10 +486,24 @@ def test_server_configuration(rendered) -> None:
     assert c["resources"]["requests"]["cpu"] == c["resources"]["limits"]["cpu"]
     assert c["resources"]["requests"]["memory"] == c["resources"]["limits"]["memory"]
 
-    # Init container fills the model volume before the server starts.
-    init = next(i for i in pod["initContainers"] if i["name"] == "sync-models")
+    inits = [i for i in pod.get("initContainers", []) if i["name"] == "sync-models"]
+    if not inits:
+        # Default: the server reads object storage itself; no copy step, and
+        # optional credentials/endpoint from a Secret.
+        for m in configs:
+            assert m.base_path.split("://")[0] in ("s3", "gs", "az", "abfs"), m.base_path
+        assert {"secretRef": {"name": "model-server-storage", "optional": True}} in c["envFrom"]
+        return
+    # sync-models component: the init container fills the model volume first,
+    # and the server reads local paths from the synced copy (read-only).
+    init = inits[0]
     init_mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
-    assert init_mounts["models"] == model_mount
+    served = [m for m in c["volumeMounts"] if m["name"] == "models" and m.get("readOnly")]
+    assert [m["mountPath"] for m in served] == [init_mounts["models"]]
+    model_mount = init_mounts["models"]
+    for m in configs:
+        assert m.base_path.startswith(model_mount + "/"), m.base_path
+        assert "/" not in m.base_path[len(model_mount) + 1 :], m.base_path
     env = {e["name"]: e.get("value") for e in init["env"]}
     assert env["MODEL_DIR"] == model_mount
     assert env["MODEL_CONFIG_FILE"] == flag(args, "--model_config_file")
@@ -663,9 +685,7 @@ def sync_env(tmp_path: Path) -> dict[str, str]:
     rclone.chmod(0o755)
     config = tmp_path / "models.config"
     models = tmp_path / "models"
-    config.write_text(
-        (DEPLOY / "base" / "models.config").read_text().replace('"/models/', f'"{models}/')
-    )
+    config.write_text((SYNC / "models.config").read_text().replace('"/models/', f'"{models}/'))
     return {
         "PATH": "/usr/bin:/bin",
         "RCLONE": str(rclone),

@@ -12,8 +12,8 @@ import pytest
 from serving.errors import LoadError, ServingError
 from serving.manager.manager import ServableManager, ServableRequest
 from serving.manager.state import State
-from serving.sources.file_system import fingerprint
 from serving.sources.source import AspiredVersion
+from serving.storage.local import fingerprint
 
 
 class FakeServable:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from serving.config.version_policy import AllPolicy, LatestPolicy, SpecificPolicy
-from serving.sources.file_system import fingerprint, list_versions
+from serving.storage.local import fingerprint, list_versions
 
 
 def test_only_numbered_folders_are_versions(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.sources.hub_paths import list_model_versions
+from serving.storage import StorageError, open_storage
 from serving.storage.hub import HubError, HubStorage, handle_version, is_hub_handle
 from tests.hub_server import HubServer, device, hub_server, link, tar_members
 
@@ -217,10 +217,10 @@ def test_missing_handle(hub: HubServer, cache: Path) -> None:
 
 
 def test_unknown_scheme_is_not_a_folder(tmp_path: Path) -> None:
-    with pytest.raises(HubError, match="File system scheme 'ftp' not implemented"):
-        list_model_versions("ftp://host/models/m")
+    with pytest.raises(StorageError, match="File system scheme 'ftp' not implemented"):
+        open_storage("ftp://host/models/m", str(tmp_path))
     (tmp_path / "4").mkdir()
-    assert list(list_model_versions(f"file://{tmp_path}")) == [4]
+    assert list(open_storage(f"file://{tmp_path}", str(tmp_path)).versions()) == [4]
 
 
 def test_tarfile_data_filter_is_available() -> None:

@@ -3,7 +3,8 @@
 # into the pod's model volume, then check the layout, so that model-server
 # starts with every configured model on local disk.
 #
-# Contract (see deploy/README.md, "Model repository"):
+# Optional (components/sync-models); by default the server reads object
+# storage itself. Contract (see deploy/README.md, "Model repository"):
 #   ${MODEL_REPOSITORY_URL}/<dir>/<version>/saved_model.pb   (or .pbtxt)
 #   ${MODEL_REPOSITORY_URL}/<dir>/<version>/variables/...
 #   ${MODEL_REPOSITORY_URL}/<dir>/<version>/assets/...        (optional)
