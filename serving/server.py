@@ -212,9 +212,12 @@ class ModelServer:
             except BatchingConfigError as exc:
                 raise StartupError(str(exc)) from None
         self.runner: Runner = self.obs.wrap_runner(self.batching or DirectRunner(self.executor))
+        self.observer = self.obs.observer
         self.service = InferenceService(
             self.manager,
             self.runner,
+            observer=self.observer,
+            reload_config=self._reload_config,
             method_name_check=options.enable_signature_method_name_check,
         )
         self.obs.bind(lambda: self.core.models, self.manager)
@@ -222,10 +225,8 @@ class ModelServer:
             self.service,
             ready=lambda: self.obs.health.state()[0] == "ready",
             repository=ModelRepository(self.core, read_only_reason=_repository_read_only(options)),
-            observer=self.obs.observer,
             version=_package_version(),
         )
-        self.observer = self.obs.observer
         self._grpc: grpc.aio.Server | None = None
         self._profiler: ProfilerProxy | None = None
         self.grpc_addresses: list[str] = []
@@ -284,11 +285,9 @@ class ModelServer:
         ]
         server = grpc.aio.server(options=channel_options)
         prediction = PredictionServicer(
-            self.service,
-            tensor_content=opts.enable_serialization_as_tensor_content,
-            observer=self.observer,
+            self.service, tensor_content=opts.enable_serialization_as_tensor_content
         )
-        model = ModelServicer(self.service, self._reload_config, observer=self.observer)
+        model = ModelServicer(self.service)
         add_services(server, prediction, model)
         add_v2_service(server, self.v2)
         self.obs.add_grpc_services(server)
@@ -320,7 +319,8 @@ class ModelServer:
         """TF Serving's REST API on --rest_api_port, on this same event loop."""
         self.http = await start_rest(self.options, self.service, self.observer)
         if self.http is not None:
-            V2Rest(self.v2).mount(self.http)
+            timeout_s = self.options.rest_api_timeout_in_ms / 1000.0 or None
+            V2Rest(self.v2, timeout_s).mount(self.http)
             # Probes and the metrics page share the REST port (as in TF Serving).
             for path, endpoint in self.obs.endpoints.routes().items():
                 self.http.add_route("GET", path, _rest_handler(endpoint))

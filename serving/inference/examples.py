@@ -1,4 +1,8 @@
-"""Classify and Regress: tf.Example inputs, TF Serving's signature rules."""
+"""Classify and Regress: TF Serving's signature rules for serialized tf.Example inputs.
+
+Examples arrive here already serialized (a 1-D object array of bytes): each
+protocol turns its own form of them (protos, JSON) into that.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import input_pb2
 
 from serving.errors import invalid_argument
 from serving.servables.signature import (
@@ -21,29 +24,6 @@ CLASSES = "classes"
 SCORES = "scores"
 REGRESS_OUTPUTS = "outputs"
 INPUTS = "inputs"
-
-
-def serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
-    """Input → 1-D object array of serialized tf.Examples.
-
-    With context, each example is the context's bytes followed by the
-    example's: protobuf parsing merges them, and the example's own features
-    win on a name clash, which is how TF Serving combines them.
-    """
-    kind = request_input.WhichOneof("kind")
-    if kind == "example_list":
-        records = [e.SerializeToString() for e in request_input.example_list.examples]
-    elif kind == "example_list_with_context":
-        with_context = request_input.example_list_with_context
-        context = with_context.context.SerializeToString()
-        records = [context + e.SerializeToString() for e in with_context.examples]
-    else:
-        records = []
-    if not records:
-        raise invalid_argument("Input is empty.")
-    out = np.empty(len(records), dtype=object)
-    out[:] = records
-    return out
 
 
 def _only_input(signature: Signature, what: str) -> TensorSpec:

@@ -1,9 +1,18 @@
-"""The protocol-independent request handlers shared by gRPC and REST."""
+"""The one request path every protocol calls: TF Serving's APIs on numpy arrays.
+
+Protocol adapters (gRPC, REST, any later one) decode their wire format into
+the arguments below, run the call inside `observe(...)` (metrics, time limit,
+canonical error codes: serving.inference.context) and encode the result.
+Nothing here knows a wire format: inputs are numpy arrays, examples are
+serialized tf.Example bytes, results are plain dataclasses, and failures are
+ServingErrors with a canonical code each protocol maps to its own status.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -11,6 +20,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.errors import GraphError, invalid_argument, unimplemented
 from serving.inference import examples as ex
+from serving.inference.context import Observer, RequestContext
 from serving.inference.model_ref import ModelRef
 from serving.inference.runner import Runner
 from serving.inference.signatures import (
@@ -19,10 +29,19 @@ from serving.inference.signatures import (
     describe_inputs,
     select_example_signature,
     select_signature,
+    signature_inputs,
 )
 from serving.manager.manager import ServableManager
 from serving.manager.state import VersionStatus
 from serving.servables.signature import CLASSIFY_METHOD, REGRESS_METHOD, Signature, TensorSpec
+
+if TYPE_CHECKING:
+    from tensorflow_serving.config import model_server_config_pb2
+
+# Decodes a request's inputs against its signature's input specs, for wire
+# formats that carry no types of their own (TF Serving's JSON).
+InputDecoder = Callable[[Mapping[str, TensorSpec]], Mapping[str, np.ndarray]]
+ReloadConfig = Callable[["model_server_config_pb2.ModelServerConfig"], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -66,20 +85,46 @@ class InferenceTask:
 
 
 class InferenceService:
+    """Predict, Classify, Regress, MultiInference, metadata, status and reload."""
+
     def __init__(
-        self, manager: ServableManager, runner: Runner, *, method_name_check: bool = False
+        self,
+        manager: ServableManager,
+        runner: Runner,
+        *,
+        observer: Observer | None = None,
+        reload_config: ReloadConfig | None = None,
+        method_name_check: bool = False,
     ) -> None:
         self.manager = manager
         self.runner = runner
+        self.observer = observer
+        self._reload_config = reload_config
         self._method_check = method_name_check
+
+    def observe(
+        self, api: str, protocol: str, model: str | None, timeout_s: float | None = None
+    ) -> RequestContext:
+        """The context every request runs in (`async with`), whatever its protocol.
+
+        `api` is the metrics' name for the call ("predict", "get_model_status",
+        ...), `model` the name the request gave (checked against the config
+        before it becomes a label), `timeout_s` the request's time limit.
+        """
+        return RequestContext(self.observer, api, protocol, model, timeout_s)
 
     async def predict(
         self,
         ref: ModelRef,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, np.ndarray] | InputDecoder,
         output_filter: Sequence[str] = (),
     ) -> PredictResult:
+        """Run one signature. `inputs` may be a decoder that needs the signature's
+        input specs first; it runs under the same servable handle, after TF
+        Serving's lookup for it (`signature_inputs`)."""
         with self.manager.acquire(ref.servable_request) as servable:
+            if callable(inputs):
+                inputs = inputs(signature_inputs(servable, ref.signature_name))
             signature = select_signature(servable, ref.signature_name)
             checked = check_inputs(ref.name, signature, inputs)
             wanted = check_output_filter(signature, output_filter)
@@ -202,3 +247,14 @@ class InferenceService:
     def status(self, ref: ModelRef) -> list[VersionStatus]:
         # Like TF Serving, a version label is ignored here: all versions are listed.
         return self.manager.status(ref.name, ref.version)
+
+    async def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Apply a new model config list (ModelService.HandleReloadConfigRequest)."""
+        if config.WhichOneof("config") != "model_config_list":
+            raise invalid_argument(
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                "Only ModelConfigList is currently supported"
+            )
+        if self._reload_config is None:
+            raise unimplemented("This server does not reload its model config")
+        await self._reload_config(config)

@@ -8,7 +8,12 @@ import numpy as np
 
 from serving.errors import failed_precondition, invalid_argument
 from serving.servables.base import Servable
-from serving.servables.signature import Signature, TensorSpec, short_dtype_name
+from serving.servables.signature import (
+    Signature,
+    TensorSpec,
+    numpy_type_name,
+    short_dtype_name,
+)
 
 
 def select_signature(servable: Servable, signature_name: str) -> Signature:
@@ -25,6 +30,23 @@ def select_example_signature(servable: Servable, signature_name: str) -> Signatu
     if signature is None:
         raise invalid_argument(f"No signature was found with the name: {key}")
     return signature
+
+
+def signature_inputs(servable: Servable, signature_name: str) -> Mapping[str, TensorSpec]:
+    """The input specs a typeless request (JSON) is decoded against.
+
+    TF Serving's REST API looks these up (GetInfoMap) before it parses the
+    tensors, with its own INVALID_ARGUMENT wording, so its lookup errors
+    come before any error in the body's tensors.
+    """
+    key, signature = _lookup(servable, signature_name)
+    if signature is None:
+        raise invalid_argument(f'Serving signature name: "{key}" not found in signature def')
+    if not signature.inputs:
+        raise invalid_argument(
+            f"Failed to get input map for signature: {signature_name or 'DEFAULT'}"
+        )
+    return signature.inputs
 
 
 def _lookup(servable: Servable, signature_name: str) -> tuple[str, Signature | None]:
@@ -65,7 +87,7 @@ def _check_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     if array.dtype != expected:
         raise invalid_argument(
             f"Expected input {spec.alias} to be {short_dtype_name(spec.dtype)} "
-            f"but get {_numpy_type_name(array)}."
+            f"but get {numpy_type_name(array)}."
         )
     # No shape check here: TF Serving's Session::Run checks no fed shape (its
     # own clients send [1] to a [-1, 1] input, its REST tests send [n, 2]
@@ -73,13 +95,6 @@ def _check_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     # graph itself cannot use a shape, the error names every input
     # (describe_inputs).
     return array
-
-
-def _numpy_type_name(array: np.ndarray) -> str:
-    from serving.inference.tensors import DTYPE_OF_NUMPY
-
-    dtype = DTYPE_OF_NUMPY.get(array.dtype)
-    return short_dtype_name(dtype) if dtype is not None else str(array.dtype)
 
 
 def check_output_filter(signature: Signature, output_filter: Collection[str]) -> list[str]:
@@ -101,6 +116,6 @@ def check_output_filter(signature: Signature, output_filter: Collection[str]) ->
 def describe_inputs(inputs: Mapping[str, np.ndarray]) -> str:
     """`x: float [3,1]`, for errors the graph raises about shapes."""
     return ", ".join(
-        f"{alias}: {_numpy_type_name(a)} [{','.join(str(d) for d in a.shape)}]"
+        f"{alias}: {numpy_type_name(a)} [{','.join(str(d) for d in a.shape)}]"
         for alias, a in inputs.items()
     )

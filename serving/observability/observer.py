@@ -1,8 +1,9 @@
-"""Per-request accounting shared by the gRPC and REST adapters.
+"""Per-request accounting for every protocol.
 
-Protocol adapters call, around every request:
+The request context every protocol runs its requests in
+(serving.inference.context.RequestContext) calls, around each request:
 
-    token = observer.start(api, protocol, request_or_model_name)
+    token = observer.start(api, protocol, model_name)
     ... handle ...
     observer.finish(token, grpc.StatusCode)
 
@@ -11,8 +12,8 @@ name is counted without its name, so clients cannot create series) and puts
 the call in a context variable. The version and signature are only known
 once the inference layer has picked a servable: `ObservedRunner`, which
 wraps the runner, fills them in from the servable it is handed and times
-the model run itself. The adapters therefore need no knowledge of metrics,
-and the inference layer none of protocols.
+the model run itself. Neither the protocol adapters nor the inference layer
+know anything of metrics.
 
 The observer also counts in-flight requests, which the SIGTERM drain waits on.
 """
@@ -20,7 +21,6 @@ The observer also counts in-flight requests, which the SIGTERM drain waits on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -57,24 +57,27 @@ _current: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
 )
 
 
-def _request_model(request: object) -> str | None:
-    """The model a protobuf request names (MultiInference: its first task's)."""
-    spec = getattr(request, "model_spec", None)
-    if spec is not None:
-        return spec.name
-    tasks = getattr(request, "tasks", None)
-    if tasks:
-        return tasks[0].model_spec.name
-    return None
+_OK = grpc.StatusCode.OK
+_CODE_NAMES = {code: code.name for code in grpc.StatusCode}  # Enum.name is a slow property
+_ENTRYPOINTS = {"grpc": "GRPC", "rest": "REST"}  # TF Serving's entrypoint label
 
 
 class RequestObserver:
+    """Counts every request (metrics) and the ones in flight (the drain waits on them).
+
+    Runs on the event loop thread only, and on every request: what can be
+    bound once is (the in-flight gauge reads the observer's own counts when
+    scraped, rather than being moved twice per request).
+    """
+
     def __init__(self, metrics: Metrics, configured: Callable[[], Collection[str]]) -> None:
         self._metrics = metrics
         self._configured = configured
         self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._by_protocol: dict[str, int] = {}
+        for protocol in _ENTRYPOINTS:
+            self._count_protocol(protocol)
+        self._idle: asyncio.Event | None = None  # only while the drain waits
         # Set by the drain: new requests are refused (UNAVAILABLE / HTTP 503).
         self.draining = False
 
@@ -82,15 +85,19 @@ class RequestObserver:
     def inflight(self) -> int:
         return self._inflight
 
-    def start(self, api: str, protocol: str, request: object = None) -> Call:
-        """Begin accounting for one request.
+    def _count_protocol(self, protocol: str) -> None:
+        self._by_protocol[protocol] = 0
+        counts = self._by_protocol
+        self._metrics.c_inflight(protocol).set_function(lambda: counts[protocol])
+
+    def start(self, api: str, protocol: str, name: str | None = None) -> Call:
+        """Begin accounting for one request to model `name` (as the client spelled it).
 
         Raises ServingError(UNAVAILABLE) while the server drains; the adapter
         reports it like any other error (nothing to `finish`).
         """
         if self.draining:
             raise ServingError(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
-        name = request if isinstance(request, str) or request is None else _request_model(request)
         model = ""
         if name:
             if name in self._configured():
@@ -100,45 +107,52 @@ class RequestObserver:
         call = Call(api, protocol, model, time.perf_counter())
         call.reset = _current.set(call)
         self._inflight += 1
-        self._idle.clear()
-        self._metrics.c_inflight(protocol).inc()
+        if protocol not in self._by_protocol:
+            self._count_protocol(protocol)
+        self._by_protocol[protocol] += 1
         return call
 
     def finish(self, call: Call | None, code: grpc.StatusCode) -> None:
         if call is None:
             return
         elapsed = time.perf_counter() - call.started
-        m = self._metrics
         if call.reset is not None:
-            # ValueError: finished in another context; nothing to restore there.
-            with contextlib.suppress(ValueError):
+            # Not contextlib.suppress: that is an object per request on the hot path.
+            try:  # noqa: SIM105
                 _current.reset(call.reset)
+            except ValueError:  # finished in another context: nothing to restore there
+                pass
         self._inflight -= 1
-        if self._inflight == 0:
+        self._by_protocol[call.protocol] -= 1
+        if self._inflight == 0 and self._idle is not None:
             self._idle.set()
-        m.c_inflight(call.protocol).dec()
-        if not call.model and call.api != "reload_config":
+        model, api = call.model, call.api
+        if not model and api != "reload_config":
             return  # unknown or missing model name: no per-model series
-        m.c_requests(
-            call.model, call.version, call.signature, call.api, call.protocol, code.name
-        ).inc()
-        tfs_api = TFS_API.get(call.api)
+        m = self._metrics
+        code_name = _CODE_NAMES[code]
+        m.c_requests(model, call.version, call.signature, api, call.protocol, code_name).inc()
+        tfs_api = TFS_API.get(api)
         if tfs_api is not None:
-            m.tfs_request_count.inc((call.model, code.name))
-        if code == grpc.StatusCode.OK:
-            m.c_request_duration(call.model, call.api, call.protocol).observe(elapsed)
+            m.tfs_request_count.inc((model, code_name))
+        if code is _OK:
+            m.c_request_duration(model, api, call.protocol).observe(elapsed)
             if tfs_api is not None:
-                m.tfs_request_latency.observe(
-                    (call.model, tfs_api, call.protocol.upper()), elapsed * 1e6
-                )
+                entrypoint = _ENTRYPOINTS.get(call.protocol) or call.protocol.upper()
+                m.tfs_request_latency.observe((model, tfs_api, entrypoint), elapsed * 1e6)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Until no request is in flight (True), or `timeout` seconds (False)."""
+        if self._inflight == 0:
+            return True
+        self._idle = asyncio.Event()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
         except asyncio.TimeoutError:
             return False
+        finally:
+            self._idle = None
 
 
 def signature_label(signature: Signature) -> str:

@@ -41,6 +41,10 @@ except ImportError:  # pragma: no cover
     pass
 
 
+# numpy dtype → DataType enum value, for messages that name a request's types.
+_TF_DTYPES: dict[np.dtype, int] = {np_dtype: dtype for dtype, np_dtype in _NP_DTYPES.items()}
+
+
 def numpy_dtype(dtype: int) -> np.dtype:
     try:
         return _NP_DTYPES[dtype]
@@ -59,6 +63,17 @@ def dtype_name(dtype: int) -> str:
 def short_dtype_name(dtype: int) -> str:
     """DT_FLOAT → 'float', as TensorFlow spells types in error messages."""
     return dtype_name(dtype).removeprefix("DT_").lower()
+
+
+def tf_dtype(dtype: np.dtype) -> int | None:
+    """float32 → DT_FLOAT; None for a numpy type TensorFlow has no DataType for."""
+    return _TF_DTYPES.get(dtype)
+
+
+def numpy_type_name(array: np.ndarray) -> str:
+    """An array's type as TensorFlow's messages spell it ('float', 'string')."""
+    dtype = _TF_DTYPES.get(array.dtype)
+    return short_dtype_name(dtype) if dtype is not None else str(array.dtype)
 
 
 @dataclass(frozen=True)

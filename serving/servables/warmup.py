@@ -13,12 +13,12 @@ import logging
 import os
 import time
 
+import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow.core.framework import tensor_pb2
+from tensorflow_serving.apis import input_pb2, prediction_log_pb2
 
-from serving.errors import LoadError, ServingError
-from serving.inference.examples import serialized_examples
-from serving.inference.tensors import to_ndarray
+from serving.errors import LoadError, ServingError, invalid_argument
 from serving.servables.base import Servable
 from serving.servables.signature import Signature
 
@@ -70,7 +70,7 @@ def _replay(servable: Servable, entry: prediction_log_pb2.PredictionLog) -> None
     if kind == "predict_log":
         request = entry.predict_log.request
         signature = _signature(servable, request.model_spec.signature_name)
-        inputs = {alias: to_ndarray(t, alias) for alias, t in request.inputs.items()}
+        inputs = {alias: _tensor(alias, t) for alias, t in request.inputs.items()}
         outputs = list(request.output_filter) or list(signature.outputs)
         servable.run(signature, inputs, outputs)
     elif kind in ("classify_log", "regress_log"):
@@ -89,3 +89,27 @@ def _replay(servable: Servable, entry: prediction_log_pb2.PredictionLog) -> None
             servable.run(signature, {alias: examples}, list(signature.outputs))
     else:
         raise LoadError(f"Unsupported log_type for warmup: {kind}", 12)
+
+
+def _tensor(alias: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """TensorFlow's own TensorProto decoding: warmup records come from TF tooling."""
+    try:
+        return tf.make_ndarray(proto)
+    except (TypeError, ValueError) as exc:
+        raise invalid_argument(f"tensor parsing error: {alias} ({exc})") from None
+
+
+def serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
+    """A request's tf.Examples as serialized bytes (context bytes first, as TF Serving merges)."""
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list_with_context":
+        with_context = request_input.example_list_with_context
+        context = with_context.context.SerializeToString()
+        records = [context + e.SerializeToString() for e in with_context.examples]
+    else:
+        records = [e.SerializeToString() for e in request_input.example_list.examples]
+    if not records:
+        raise invalid_argument("Input is empty.")
+    out = np.empty(len(records), dtype=object)
+    out[:] = records
+    return out

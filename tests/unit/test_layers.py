@@ -52,11 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 # Imports that still point upward, each with the reason it has not moved yet.
-KNOWN_UPWARD = {
-    # Warmup replays PredictionLog requests with the inference codecs.
-    ("serving.servables.warmup", "serving.inference.examples"),
-    ("serving.servables.warmup", "serving.inference.tensors"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 NO_TENSORFLOW = ("serving.sources", "serving.manager")
 

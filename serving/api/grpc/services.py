@@ -1,12 +1,16 @@
-"""PredictionService and ModelService over grpc.aio, as thin adapters."""
+"""PredictionService and ModelService over grpc.aio, as thin adapters.
+
+Each RPC decodes its request (serving.api.grpc.codec), calls the
+InferenceService inside `service.observe(...)` (metrics, canonical error
+codes) and encodes the result. The only gRPC-specific error handling left is
+turning the canonical code into the call's status (`rpc`).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from tensorflow_serving.apis import (
@@ -21,20 +25,16 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving.api.grpc import convert
+from serving.api.grpc import codec
+from serving.api.messages import SIGNATURE_DEF, fill_spec, signature_def_map, status_response
 from serving.errors import ServingError, invalid_argument
-from serving.inference.examples import serialized_examples
 from serving.inference.service import InferenceService, InferenceTask
-from serving.inference.tensors import from_ndarray, to_ndarray, to_tensor_content
 
-log = logging.getLogger(__name__)
-
+PROTOCOL = "grpc"
 _MAX_MESSAGE = 1024  # TF Serving truncates longer status messages
-SIGNATURE_DEF = "signature_def"
 
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-Handler = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]
+# (servicer, request message, context) -> response message
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def status_message(message: str) -> str:
@@ -43,39 +43,35 @@ def status_message(message: str) -> str:
     return message
 
 
-def rpc(api: str) -> Callable[[Handler], Handler]:
-    """Turn ServingError into the gRPC status; anything else into INTERNAL.
+def _spec_name(request: Any) -> str:
+    return request.model_spec.name
 
-    Also reports each call to the observer (serving.observability: metrics,
-    in-flight tracking for the drain): `observer.start(api, "grpc", request)`
-    before, `observer.finish(token, code)` after, whatever the outcome.
+
+def _first_task_name(request: inference_pb2.MultiInferenceRequest) -> str | None:
+    return request.tasks[0].model_spec.name if request.tasks else None
+
+
+def _no_model(request: Any) -> None:
+    return None
+
+
+def rpc(
+    api: str, model_of: Callable[[Any], str | None] = _spec_name
+) -> Callable[[Handler], Handler]:
+    """Run the handler inside the request context; its ServingError becomes the status.
+
+    `model_of` names the model for the observer before anything is decoded,
+    so a request that fails to decode is still counted against its model.
     """
 
     def wrap(handler: Handler) -> Handler:
         @functools.wraps(handler)
-        async def call(self, request, context: grpc.aio.ServicerContext):
-            observer = self.observer
-            token = None
-            code = grpc.StatusCode.OK
+        async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                if observer:
-                    token = observer.start(api, "grpc", request)
-                return await handler(self, request, context)
+                async with self.service.observe(api, PROTOCOL, model_of(request)):
+                    return await handler(self, request, context)
             except ServingError as exc:
-                code = exc.code
                 await context.abort(exc.code, status_message(exc.message))
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:  # the client went away or the deadline passed
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as exc:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("%s failed", api)
-                await context.abort(code, status_message(f"{type(exc).__name__}: {exc}"))
-            finally:
-                if token is not None:
-                    observer.finish(token, code)
 
         return call
 
@@ -83,77 +79,76 @@ def rpc(api: str) -> Callable[[Handler], Handler]:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(
-        self,
-        service: InferenceService,
-        *,
-        tensor_content: bool = False,
-        observer: Any = None,
-    ) -> None:
+    def __init__(self, service: InferenceService, *, tensor_content: bool = False) -> None:
         self.service = service
-        self.observer = observer
         self._tensor_content = tensor_content
 
     @rpc("predict")
-    async def Predict(self, request: predict_pb2.PredictRequest, context):
-        ref = convert.model_ref(request)
-        inputs = {}
-        for alias, proto in request.inputs.items():
-            try:
-                inputs[alias] = to_ndarray(proto, alias)
-            except ServingError:
-                raise
-            except Exception as exc:
-                raise invalid_argument(f"tensor parsing error: {alias} ({exc})") from None
-        result = await self.service.predict(ref, inputs, list(request.output_filter))
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        ref = codec.model_ref(request)
+        inputs = codec.request_inputs(request.inputs)
+        result = await self.service.predict(ref, inputs, request.output_filter)
         response = predict_pb2.PredictResponse()
-        convert.fill_spec(response.model_spec, result.name, result.version, result.signature_name)
+        fill_spec(response.model_spec, result.name, result.version, result.signature_name)
+        outputs = response.outputs
+        raw = self._tensor_content
         for alias, array in result.outputs.items():
-            out = response.outputs[alias]
-            if self._tensor_content and array.dtype != object:
-                to_tensor_content(array, out)
+            if raw and array.dtype != object:
+                codec.to_tensor_content(array, outputs[alias])
             else:
-                from_ndarray(array, out=out)
+                codec.from_ndarray(array, out=outputs[alias])
         return response
 
     @rpc("classify")
-    async def Classify(self, request: classification_pb2.ClassificationRequest, context):
-        ref = convert.model_ref(request)
-        result = await self.service.classify(ref, serialized_examples(request.input))
+    async def Classify(
+        self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext
+    ) -> classification_pb2.ClassificationResponse:
+        ref = codec.model_ref(request)
+        result = await self.service.classify(ref, codec.serialized_examples(request.input))
         response = classification_pb2.ClassificationResponse()
-        convert.fill_spec(response.model_spec, result.name, result.version, result.signature_name)
-        convert.classification_result(result, response.result)
+        fill_spec(response.model_spec, result.name, result.version, result.signature_name)
+        codec.classification_result(result, response.result)
         return response
 
     @rpc("regress")
-    async def Regress(self, request: regression_pb2.RegressionRequest, context):
-        ref = convert.model_ref(request)
-        result = await self.service.regress(ref, serialized_examples(request.input))
+    async def Regress(
+        self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext
+    ) -> regression_pb2.RegressionResponse:
+        ref = codec.model_ref(request)
+        result = await self.service.regress(ref, codec.serialized_examples(request.input))
         response = regression_pb2.RegressionResponse()
-        convert.fill_spec(response.model_spec, result.name, result.version, result.signature_name)
-        convert.regression_result(result, response.result)
+        fill_spec(response.model_spec, result.name, result.version, result.signature_name)
+        codec.regression_result(result, response.result)
         return response
 
-    @rpc("multi_inference")
-    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context):
+    @rpc("multi_inference", _first_task_name)
+    async def MultiInference(
+        self, request: inference_pb2.MultiInferenceRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.MultiInferenceResponse:
         if not request.tasks:
             raise invalid_argument("ModelSpec has no name specified.")
         tasks = []
         for task in request.tasks:
             if not task.model_spec.name:
                 raise invalid_argument("Found ModelSpec with an empty model name.")
-            tasks.append(InferenceTask(convert.spec_to_ref(task.model_spec), task.method_name))
-        results = await self.service.multi_inference(tasks, serialized_examples(request.input))
+            tasks.append(InferenceTask(codec.spec_to_ref(task.model_spec), task.method_name))
+        results = await self.service.multi_inference(
+            tasks, codec.serialized_examples(request.input)
+        )
         response = inference_pb2.MultiInferenceResponse()
         for result in results:
-            convert.inference_result(result, response.results.add())
+            codec.inference_result(result, response.results.add())
         return response
 
     @rpc("get_model_metadata")
     async def GetModelMetadata(
-        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context
-    ):
-        ref = convert.model_ref(request)
+        self,
+        request: get_model_metadata_pb2.GetModelMetadataRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        ref = codec.model_ref(request)
         if not request.metadata_field:
             raise invalid_argument(
                 "GetModelMetadataRequest must specify at least one metadata_field"
@@ -163,44 +158,30 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise invalid_argument(f"Metadata field {field} is not supported")
         result = self.service.metadata(ref)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
-        convert.fill_spec(response.model_spec, result.name, result.version, None)
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature in result.signature_defs.items():
-            signature_map.signature_def[key].CopyFrom(signature)
-        response.metadata[SIGNATURE_DEF].Pack(signature_map)
+        fill_spec(response.model_spec, result.name, result.version, None)
+        response.metadata[SIGNATURE_DEF].Pack(signature_def_map(result.signature_defs))
         return response
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(
-        self,
-        service: InferenceService,
-        reload_config: Callable[[Any], Awaitable[None]],
-        *,
-        observer: Any = None,
-    ) -> None:
+    def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self.observer = observer
-        self._reload_config = reload_config
 
     @rpc("get_model_status")
-    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
-        ref = convert.model_ref(request)
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for status in self.service.status(ref):
-            convert.version_status(status, response.model_version_status.add())
-        return response
+    async def GetModelStatus(
+        self,
+        request: get_model_status_pb2.GetModelStatusRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        return status_response(self.service.status(codec.model_ref(request)))
 
-    @rpc("reload_config")
+    @rpc("reload_config", _no_model)
     async def HandleReloadConfigRequest(
-        self, request: model_management_pb2.ReloadConfigRequest, context
-    ):
-        if request.config.WhichOneof("config") != "model_config_list":
-            raise invalid_argument(
-                "ServerModelConfig type not supported by HandleReloadConfigRequest. "
-                "Only ModelConfigList is currently supported"
-            )
-        await self._reload_config(request.config)
+        self,
+        request: model_management_pb2.ReloadConfigRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> model_management_pb2.ReloadConfigResponse:
+        await self.service.reload(request.config)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = 0
         return response

@@ -33,10 +33,10 @@ async def start_rest(options: Any, service: Any, observer: Any = None) -> HttpSe
     if not options.rest_api_port:
         return None
     timeout_s = options.rest_api_timeout_in_ms / 1000.0 or None
+    # The time limit is the request context's (RestApi), not the transport's:
+    # two timers on the same limit would race over the request's status code.
     http = HttpServer(
-        max_body_bytes=options.max_message_bytes,
-        timeout_s=timeout_s,
-        cors=options.rest_api_enable_cors_support,
+        max_body_bytes=options.max_message_bytes, cors=options.rest_api_enable_cors_support
     )
     RestApi(service, observer, timeout_s).mount(http)
     try:

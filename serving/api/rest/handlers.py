@@ -2,33 +2,34 @@
 
 Routing follows TF Serving's regular expressions (case-insensitive, full
 match); anything else under /v1 is `Malformed request: <METHOD> <path>` (400).
-Errors are `ServingError`s from the shared inference layer, mapped to HTTP by
-`ServingError.http_status` and written as TF Serving's `{"error": ...}` body.
+Each routed request runs inside `service.observe(...)`, the request context
+every protocol shares (metrics, the time limit, canonical error codes); what
+leaves it is a `ServingError`, mapped to HTTP by `ServingError.http_status`
+and written as TF Serving's `{"error": ...}` body.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import json
 import re
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote
 
-import grpc
+import numpy as np
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
+from google.protobuf.message import Message
 
+from serving.api.messages import model_spec, signature_def_map, status_response
 from serving.api.rest import decode, jsonfmt
 from serving.api.rest.http import HttpServer, Request, Response, error_response
 from serving.errors import ServingError, invalid_argument
 from serving.inference.model_ref import ModelRef
 from serving.inference.service import InferenceService
-from serving.manager.state import VersionStatus
+from serving.servables.signature import TensorSpec
 
-log = logging.getLogger("serving.rest")
+PROTOCOL = "rest"
 
 _SPEC = r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
 _POST = re.compile(_SPEC + r":(classify|regress|predict)", re.IGNORECASE)
@@ -39,21 +40,33 @@ _GET = re.compile(
 _INT64_MAX = (1 << 63) - 1
 OPENAPI_PATH = "/v1/openapi.json"
 
+# A verb: (model reference from the path, request body) -> response body.
+Verb = Callable[[ModelRef, bytes], Awaitable[bytes]]
+
 
 def _openapi() -> bytes:
     return resources.files("serving.api.rest").joinpath("openapi.json").read_bytes()
 
 
 class RestApi:
-    """The `/v1/...` handler. `observer` (optional) gets start/finish per request."""
+    """The `/v1/...` handler: routes, decodes JSON, calls the service, encodes JSON.
+
+    `observer` is accepted for the transport's wiring and unused: requests are
+    counted by the service's own observer (`service.observe`). `timeout_s`
+    (--rest_api_timeout_in_ms) is each request's time limit, enforced there too.
+    """
 
     def __init__(
         self, service: InferenceService, observer: Any = None, timeout_s: float | None = None
     ) -> None:
         self.service = service
-        self.observer = observer
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
         self._openapi: bytes | None = None
+        self._verbs: dict[str, Verb] = {
+            "predict": self.predict,
+            "classify": self.classify,
+            "regress": self.regress,
+        }
 
     def mount(self, http: HttpServer) -> None:
         http.add_route("GET", OPENAPI_PATH, self.openapi)
@@ -65,89 +78,55 @@ class RestApi:
         return Response(200, self._openapi)
 
     async def handle(self, request: Request) -> Response:
-        method, path = request.method, request.path
-        api, ref = "", None
-        token = None
-        code = grpc.StatusCode.OK
-        started = time.monotonic()
+        """One `/v1` request; a ServingError's canonical code becomes the HTTP status."""
         try:
-            route = self._route(method, path)
-            if route is None:
-                raise invalid_argument(f"Malformed request: {method} {path}")
-            api, ref, verb = route
-            if self.observer is not None:
-                token = self.observer.start(api, "rest", ref.name)
-            body = await verb(ref, request.body)
+            api, ref, verb = self.route(request.method, request.path)
+            async with self.service.observe(api, PROTOCOL, ref.name, self.timeout_s):
+                body = await verb(ref, request.body)
             return Response(200, body)
         except ServingError as exc:
-            code = exc.code
             return error_response(exc.http_status, exc.message)
-        except asyncio.CancelledError:
-            # Cancelled by the HTTP server's time limit, or the client went away.
-            late = self.timeout_s is not None and time.monotonic() - started >= self.timeout_s
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("REST %s %s failed", method, path)
-            return error_response(500, f"{type(exc).__name__}: {exc}")
-        finally:
-            if token is not None:
-                self.observer.finish(token, code)
 
     # ------------------------------------------------------------------ routing
 
-    def _route(self, method: str, path: str) -> tuple[str, ModelRef, Callable] | None:
+    def route(self, method: str, path: str) -> tuple[str, ModelRef, Verb]:
+        """(api, model reference, verb) for a `/v1` path, or INVALID_ARGUMENT."""
         if method == "POST":
             match = _POST.fullmatch(path)
-            if match is None:
-                return None
-            name, version, label, verb = match.groups()
-            ref = _ref(name, version, label)
-            verb = verb.lower()
-            handler = {"predict": self.predict, "classify": self.classify, "regress": self.regress}
-            return verb, ref, handler[verb]
-        if method in ("GET", "HEAD"):
+            if match is not None:
+                name, version, label, verb = match.groups()
+                verb = verb.lower()
+                return verb, _ref(name, version, label), self._verbs[verb]
+        elif method in ("GET", "HEAD"):
             match = _GET.fullmatch(path)
-            if match is None:
-                return None
-            name, version, label, metadata = match.groups()
-            if not name:
-                raise invalid_argument("Missing model name in request.")
-            ref = _ref(name, version, label)
-            if metadata:
-                return "get_model_metadata", ref, self.metadata
-            return "get_model_status", ref, self.status
-        return None
+            if match is not None:
+                name, version, label, metadata = match.groups()
+                if not name:
+                    raise invalid_argument("Missing model name in request.")
+                ref = _ref(name, version, label)
+                if metadata:
+                    return "get_model_metadata", ref, self.metadata
+                return "get_model_status", ref, self.status
+        raise invalid_argument(f"Malformed request: {method} {path}")
 
     # ------------------------------------------------------------------- verbs
 
     async def predict(self, ref: ModelRef, body: bytes) -> bytes:
         doc = decode.parse_json(body)
-        signature_name = decode.signature_name(doc)
-        ref = ModelRef(ref.name, ref.version, ref.label, signature_name)
-        specs = self._input_specs(ref)
+        ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
         fast = b"true" not in body and b"false" not in body
-        inputs, layout = decode.predict_inputs(doc, specs, fast)
+        layout = decode.ROW
+
+        def inputs(specs: Mapping[str, TensorSpec]) -> Mapping[str, np.ndarray]:
+            # JSON has no types of its own: decoded against the signature's inputs.
+            nonlocal layout
+            arrays, layout = decode.predict_inputs(doc, specs, fast)
+            return arrays
+
         result = await self.service.predict(ref, inputs)
         if layout == decode.ROW:
             return jsonfmt.predict_row(result.outputs)
         return jsonfmt.predict_columnar(result.outputs)
-
-    def _input_specs(self, ref: ModelRef):
-        """The signature's inputs (TF Serving's GetInfoMap: lookup errors come first)."""
-        with self.service.manager.acquire(ref.servable_request) as servable:
-            key = ref.signature_name or servable.default_signature
-            signature = servable.signatures.get(key)
-            if signature is None:
-                raise invalid_argument(
-                    f'Serving signature name: "{key}" not found in signature def'
-                )
-            if not signature.inputs:
-                raise invalid_argument(
-                    f"Failed to get input map for signature: {ref.signature_name or 'DEFAULT'}"
-                )
-            return signature.inputs
 
     async def classify(self, ref: ModelRef, body: bytes) -> bytes:
         doc = decode.parse_json(body)
@@ -162,18 +141,12 @@ class RestApi:
         return jsonfmt.regress_json(result.values)
 
     async def status(self, ref: ModelRef, body: bytes) -> bytes:
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for status in self.service.status(ref):
-            _version_status(status, response.model_version_status.add())
-        return _proto_json(response).encode()
+        return _proto_json(status_response(self.service.status(ref))).encode()
 
     async def metadata(self, ref: ModelRef, body: bytes) -> bytes:
         result = self.service.metadata(ref)
-        spec = model_pb2.ModelSpec(name=result.name)
-        spec.version.value = result.version
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature in result.signature_defs.items():
-            signature_map.signature_def[key].CopyFrom(signature)
+        spec = model_spec(result.name, result.version)
+        signature_map = signature_def_map(result.signature_defs)
         # TF Serving assembles this body by hand from two JSON prints (http_rest_api_util.cc).
         text = (
             '{\n"model_spec":'
@@ -196,17 +169,10 @@ def _ref(name: str, version: str | None, label: str | None) -> ModelRef:
     return ModelRef(model, number, unquote(label) if label is not None else None)
 
 
-def _version_status(status: VersionStatus, out: get_model_status_pb2.ModelVersionStatus) -> None:
-    out.version = status.version
-    out.state = int(status.state)
-    out.status.error_code = status.error_code
-    out.status.error_message = status.error
-
-
-def _ordered(message, data: dict) -> dict:
+def _ordered(message: Any, data: dict) -> dict:
     """Key order of protobuf's C++ JSON printer: plain fields first, then set oneof members."""
-    plain: dict[str, object] = {}
-    oneof: dict[str, object] = {}
+    plain: dict[str, Any] = {}
+    oneof: dict[str, Any] = {}
     fields = message.DESCRIPTOR.fields_by_name
     for key, value in data.items():
         field = fields.get(key) or next(
@@ -233,10 +199,8 @@ def _ordered(message, data: dict) -> dict:
     return {**plain, **oneof}
 
 
-def _proto_json(message, names: bool = False) -> str:
+def _proto_json(message: Message, names: bool = False) -> str:
     """MessageToJsonString(add_whitespace, always_print_primitive_fields) + trailing newline."""
-    import json
-
     data = json_format.MessageToDict(
         message,
         always_print_fields_with_no_presence=True,

@@ -85,7 +85,9 @@ def tensor_texts(name: str, array: np.ndarray, depth_for_b64: int = 0) -> np.nda
         out = np.empty(len(flat), dtype=object)
         out[:] = pieces
         return out.reshape(array.shape)
-    raise invalid_argument(f"Failed to write JSON value for tensor type: {_type_name(array)}")
+    from serving.servables.signature import numpy_type_name  # TensorFlow's protos, on error only
+
+    raise invalid_argument(f"Failed to write JSON value for tensor type: {numpy_type_name(array)}")
 
 
 def _single(
@@ -98,14 +100,6 @@ def _single(
     specs, numbers = numeric
     fmt = head + render(specs.tolist()) + tail
     return _encode(fmt % tuple(numbers) if numbers else fmt)
-
-
-def _type_name(array: np.ndarray) -> str:
-    from serving.inference.tensors import DTYPE_OF_NUMPY
-    from serving.servables.signature import short_dtype_name
-
-    dtype = DTYPE_OF_NUMPY.get(array.dtype)
-    return short_dtype_name(dtype) if dtype is not None else str(array.dtype)
 
 
 def _b64_object(value: object, depth: int) -> str:

@@ -51,8 +51,11 @@ def _loads(body: bytes) -> Any:
 
 
 class V2Rest:
-    def __init__(self, v2: V2Service) -> None:
+    """`timeout_s` is --rest_api_timeout_in_ms, enforced by the request context."""
+
+    def __init__(self, v2: V2Service, timeout_s: float | None = None) -> None:
         self.v2 = v2
+        self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
 
     def mount(self, http: HttpServer) -> None:
         http.add_route("GET", "/v2", self.server_metadata)
@@ -79,7 +82,7 @@ class V2Rest:
 
     async def repository_index(self, request: Request) -> Response:
         try:
-            async with self.v2.observe("repository_index", PROTOCOL, None):
+            async with self.v2.observe("repository_index", PROTOCOL, None, self.timeout_s):
                 doc = _loads(request.body)
                 ready_only = isinstance(doc, dict) and doc.get("ready") is True
                 entries = await self.v2.repository_index(ready_only)
@@ -121,7 +124,7 @@ class V2Rest:
             return _error(exc)
 
     async def model_metadata(self, name: str, version: str) -> Response:
-        async with self.v2.observe("model_metadata", PROTOCOL, name):
+        async with self.v2.observe("model_metadata", PROTOCOL, name, self.timeout_s):
             meta = self.v2.model_metadata(name, version)
         return _json(
             200,
@@ -135,7 +138,7 @@ class V2Rest:
         )
 
     async def infer(self, request: Request, name: str, version: str) -> Response:
-        async with self.v2.observe("predict", PROTOCOL, name):
+        async with self.v2.observe("predict", PROTOCOL, name, self.timeout_s):
             header = request.headers.get(HEADER_LENGTH)
             length = None
             if header is not None:
@@ -164,6 +167,7 @@ class V2Rest:
         return Response(200, body, OCTET_STREAM, headers)
 
     async def repository(self, request: Request, name: str, action: str) -> Response:
+        # No time limit: a load waits for the model, however long that takes.
         async with self.v2.observe(f"repository_{action}", PROTOCOL, None):
             doc = _loads(request.body)
             if action == "unload":

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from serving.api.v2 import codec
 from serving.errors import ServingError, invalid_argument
+from serving.inference.context import RequestContext
 from serving.inference.model_ref import ModelRef
 from serving.inference.service import InferenceService, PredictResult
 from serving.repository import ModelRepository, RepositoryEntry
@@ -69,7 +69,8 @@ class V2Service:
     """V2's health, metadata, inference and repository calls, protocol-free.
 
     `ready()` is the server's readiness (the same rule as gRPC health and
-    /v1/health/ready); `observer` the per-request accounting every API uses.
+    /v1/health/ready). Every request runs in the InferenceService's request
+    context, as TF Serving's APIs do.
     """
 
     def __init__(
@@ -78,42 +79,21 @@ class V2Service:
         *,
         ready: Callable[[], bool],
         repository: ModelRepository | None = None,
-        observer: Any = None,
         version: str = "",
     ) -> None:
         self.service = service
         self.manager = service.manager
         self._ready = ready
         self.repository = repository
-        self.observer = observer
         self.version = version
 
     # ------------------------------------------------------------ accounting
 
-    @asynccontextmanager
-    async def observe(self, api: str, protocol: str, model: str | None) -> AsyncIterator[None]:
-        """Metrics and the drain's in-flight count, as for TF Serving's API.
-
-        Anything but a ServingError leaves as INTERNAL, logged here.
-        """
-        observer = self.observer
-        token = observer.start(api, protocol, model) if observer is not None else None
-        code = grpc.StatusCode.OK
-        try:
-            yield
-        except ServingError as exc:
-            code = exc.code
-            raise
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s %s failed", protocol, api)
-            raise ServingError(code, f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            if token is not None:
-                observer.finish(token, code)
+    def observe(
+        self, api: str, protocol: str, model: str | None, timeout_s: float | None = None
+    ) -> RequestContext:
+        """The one request context (metrics, drain, time limit, canonical codes)."""
+        return self.service.observe(api, protocol, model, timeout_s)
 
     # ---------------------------------------------------------------- health
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from serving.api.rest.http import Request
 from serving.api.v2.rest import V2Rest
 from serving.api.v2.service import ModelMetadata, TensorMetadata, model_ref
 from serving.errors import ServingError, invalid_argument, not_found
+from serving.inference.context import RequestContext
 
 
 class FakeV2:
@@ -23,10 +23,9 @@ class FakeV2:
         self.calls: list[tuple[str, Any]] = []
         self.observed: list[tuple[str, str, str | None]] = []
 
-    @asynccontextmanager
-    async def observe(self, api: str, protocol: str, model: str | None):
+    def observe(self, api: str, protocol: str, model: str | None, timeout_s=None):
         self.observed.append((api, protocol, model))
-        yield
+        return RequestContext(None, api, protocol, model, timeout_s)  # the real one
 
     def live(self) -> bool:
         return True
@@ -48,6 +47,8 @@ class FakeV2:
 
     async def infer(self, name, version, inputs, outputs, parameters):
         self.calls.append(("infer", (name, version, dict(inputs), list(outputs), parameters)))
+        if name == "slow":
+            await asyncio.sleep(5)
         if name != "m":
             raise not_found("Servable not found")
         model_ref(name, version)  # version parsing as the real service does
@@ -174,3 +175,10 @@ def test_version_strings():
     assert model_ref("m").version is None and model_ref("m").label is None
     with pytest.raises(ServingError, match="Failed to convert version"):
         model_ref("m", "9" * 30)
+
+
+def test_rest_time_limit_is_the_request_contexts():
+    api = V2Rest(FakeV2(), timeout_s=0.05)  # type: ignore[arg-type]
+    response = call(api, "POST", "/v2/models/slow/infer", INFER)
+    assert response.status == 504
+    assert orjson.loads(response.body) == {"error": "Deadline Exceeded"}

@@ -1,0 +1,169 @@
+"""What one request costs in the server's own request path, without sockets.
+
+`python -m loadtests.handler_cost` loads half_plus_two with the server's own
+wiring (`ModelServer`: manager, runner, metrics, request observer) and times,
+on one event loop and batch of one:
+
+- `model`: the signature call alone (`servable.run`), the floor;
+- `grpc`: the gRPC Predict handler, a PredictRequest in, a PredictResponse out;
+- `rest`: the REST predict handler, a JSON body in, a JSON body out;
+- `rest+http`: the same through the HTTP server's dispatch (its routing and,
+  where it keeps one, its per-request time limit), still without a socket.
+
+Figures are CPU time per call (best and median of the rounds), which a busy
+machine disturbs far less than wall time.
+
+The difference between a handler and the floor is what the request path
+(codecs, the request context, metrics, the manager handle) adds per request.
+The transports (grpcio, the HTTP server) are not included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+from tensorflow_serving.apis import predict_pb2
+
+MODEL = "hp2"
+
+
+class _Context:
+    """Just enough of grpc.aio.ServicerContext for a successful call."""
+
+    async def abort(self, code, details):  # pragma: no cover - the bench sends valid requests
+        raise RuntimeError(f"{code}: {details}")
+
+
+def _request() -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    tensor = request.inputs["x"]
+    tensor.dtype = 1  # DT_FLOAT
+    tensor.tensor_shape.dim.add().size = 1
+    tensor.tensor_shape.dim.add().size = 1
+    tensor.float_val.append(1.0)
+    return request
+
+
+async def _time(call: Callable[[], Awaitable[object]], rounds: int, number: int) -> list[float]:
+    """Mean CPU µs per call for each of `rounds` runs of `number` calls (timeit's scheme).
+
+    CPU time of the whole process (TensorFlow's threads included), not wall
+    time: on a shared machine other processes' load would swamp the figures.
+    """
+    for _ in range(number):
+        await call()
+    means = []
+    for _ in range(rounds):
+        started = time.process_time()
+        for _ in range(number):
+            await call()
+        means.append((time.process_time() - started) / number * 1e6)
+    return means
+
+
+def _build(server):
+    """The two handlers, and the HTTP server's dispatch, wired as the server wires them."""
+    import inspect
+
+    from serving.api.grpc.services import PredictionServicer
+    from serving.api.rest.handlers import RestApi
+    from serving.api.rest.http import HttpServer
+
+    if "observer" in inspect.signature(PredictionServicer).parameters:  # before one path
+        grpc_api = PredictionServicer(server.service, observer=server.observer)
+        rest_api = RestApi(server.service, server.observer, 30.0)
+        http = HttpServer(max_body_bytes=1 << 30, timeout_s=30.0)
+    else:
+        grpc_api = PredictionServicer(server.service)
+        rest_api = RestApi(server.service, timeout_s=30.0)
+        http = HttpServer(max_body_bytes=1 << 30)
+    rest_api.mount(http)
+    return grpc_api, rest_api, http
+
+
+async def measure(rounds: int, number: int) -> dict[str, float]:
+    from serving.api.rest.http import Request
+    from serving.examples import write_half_plus_two
+    from serving.flags import parse_flags
+    from serving.server import ModelServer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_half_plus_two(Path(tmp) / MODEL / "1")
+        options = parse_flags([f"--model_name={MODEL}", f"--model_base_path={tmp}/{MODEL}"])
+        server = ModelServer(options)
+        server.core.apply(server.initial_models, require_absolute=False)
+        server.source.start()
+        deadline = time.monotonic() + 60
+        while not server.manager.available_versions(MODEL):
+            if time.monotonic() > deadline:
+                raise RuntimeError("half_plus_two did not load")
+            await asyncio.sleep(0.05)
+        try:
+            grpc_api, rest_api, http = _build(server)
+            request, context = _request(), _Context()
+            body = json.dumps({"instances": [[1.0]]}).encode()
+            http_request = Request("POST", f"/v1/models/{MODEL}:predict", "", {}, body)
+            servable = next(iter(server.manager._models[MODEL].versions.values())).servable
+            signature = servable.signatures["serving_default"]
+            x = {"x": np.array([[1.0]], np.float32)}
+
+            async def model() -> object:
+                return servable.run(signature, x, ["y"])
+
+            async def grpc_predict() -> object:
+                return await grpc_api.Predict(request, context)
+
+            async def rest_predict() -> object:
+                response = await rest_api.handle(http_request)
+                assert response.status == 200, response.body
+                return response
+
+            async def rest_dispatch() -> object:
+                response = await http.dispatch(http_request)
+                assert response.status == 200, response.body
+                return response
+
+            calls = {
+                "model": model,
+                "grpc": grpc_predict,
+                "rest": rest_predict,
+                "rest+http": rest_dispatch,
+            }
+            results: dict[str, list[float]] = {name: [] for name in calls}
+            for _ in range(rounds):  # interleaved, so machine noise hits each alike
+                for name, call in calls.items():
+                    results[name] += await _time(call, 1, number)
+            return {name: min(means) for name, means in results.items()} | {
+                f"{name}_median": statistics.median(means) for name, means in results.items()
+            }
+        finally:
+            server.core.stop()
+            server.source.stop()
+            server.manager.shutdown(5.0)
+            server.executor.shutdown(wait=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--number", type=int, default=2000)
+    args = parser.parse_args()
+    result = asyncio.run(measure(args.rounds, args.number))
+    floor = result["model"]
+    print(f"{'path':<10}{'best µs':>10}{'median µs':>12}{'over model':>12}")
+    for name in ("model", "grpc", "rest", "rest+http"):
+        best, median = result[name], result[f"{name}_median"]
+        print(f"{name:<10}{best:>10.1f}{median:>12.1f}{best - floor:>12.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""TF Serving's gRPC messages ↔ the inference layer's numpy arrays and results.
+
+Tensors: decoding follows TensorFlow's Tensor::FromProto: `tensor_content`
+when set, else the typed field; fewer typed values than elements repeat the
+last one (a single value fills the tensor), none gives zeros. Encoding writes
+the typed fields, as TF Serving's Predict does (Tensor::AsProtoField), or raw
+bytes under --enable_serialization_as_tensor_content.
+
+Everything protocol-neutral (signature rules, output checks) stays in
+serving.inference; only the wire format lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    input_pb2,
+    model_pb2,
+    regression_pb2,
+)
+
+from serving.api.messages import fill_spec
+from serving.errors import ServingError, invalid_argument
+from serving.inference.model_ref import ModelRef
+from serving.inference.service import ClassifyResult, RegressResult
+from serving.servables.signature import dtype_name, numpy_dtype, tf_dtype
+
+# DataType → the TensorProto field its values travel in.
+_FIELD: dict[int, str] = {
+    types_pb2.DT_FLOAT: "float_val",
+    types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_INT32: "int_val",
+    types_pb2.DT_INT16: "int_val",
+    types_pb2.DT_INT8: "int_val",
+    types_pb2.DT_UINT8: "int_val",
+    types_pb2.DT_UINT16: "int_val",
+    types_pb2.DT_INT64: "int64_val",
+    types_pb2.DT_UINT32: "uint32_val",
+    types_pb2.DT_UINT64: "uint64_val",
+    types_pb2.DT_BOOL: "bool_val",
+    types_pb2.DT_STRING: "string_val",
+    types_pb2.DT_HALF: "half_val",
+    types_pb2.DT_BFLOAT16: "half_val",
+    types_pb2.DT_COMPLEX64: "scomplex_val",
+    types_pb2.DT_COMPLEX128: "dcomplex_val",
+}
+_BITS16 = (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)
+_COMPLEX = (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128)
+
+
+# ----------------------------------------------------------------- requests
+
+
+class _HasModelSpec(Protocol):
+    def HasField(self, field_name: str) -> bool: ...
+
+    @property
+    def model_spec(self) -> model_pb2.ModelSpec: ...
+
+
+def model_ref(request: _HasModelSpec) -> ModelRef:
+    """The request's model_spec, checked as TF Serving checks it."""
+    if not request.HasField("model_spec"):
+        raise invalid_argument("Missing ModelSpec")
+    return spec_to_ref(request.model_spec)
+
+
+def spec_to_ref(spec: model_pb2.ModelSpec) -> ModelRef:
+    if not spec.name:
+        raise invalid_argument("ModelSpec has no name specified.")
+    choice = spec.WhichOneof("version_choice")
+    return ModelRef(
+        name=spec.name,
+        version=spec.version.value if choice == "version" else None,
+        label=spec.version_label if choice == "version_label" else None,
+        signature_name=spec.signature_name,
+    )
+
+
+def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "") -> np.ndarray:
+    """Decode one request tensor; `name` goes into error messages."""
+    label = f" for input '{name}'" if name else ""
+    if proto.dtype not in _FIELD:
+        raise invalid_argument(f"Unsupported tensor dtype {dtype_name(proto.dtype)}{label}")
+    if proto.tensor_shape.unknown_rank:
+        raise invalid_argument(f"Tensor shape must be known{label}")
+    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    if any(d < 0 for d in shape):
+        raise invalid_argument(f"Tensor shape {list(shape)} has a negative dimension{label}")
+    dtype = numpy_dtype(proto.dtype)
+    count = math.prod(shape)
+
+    if proto.dtype == types_pb2.DT_STRING:
+        flat = np.empty(len(proto.string_val), dtype=object)
+        flat[:] = list(proto.string_val)
+        return _fill(flat, shape, count, label)
+
+    if proto.tensor_content:
+        raw = proto.tensor_content
+        if len(raw) != count * dtype.itemsize:
+            raise invalid_argument(
+                f"tensor_content holds {len(raw)} bytes but shape {list(shape)} of "
+                f"{dtype_name(proto.dtype)} needs {count * dtype.itemsize}{label}"
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+    field = getattr(proto, _FIELD[proto.dtype])
+    if proto.dtype in _BITS16:
+        flat = np.array(field, dtype=np.uint16).view(dtype)
+    elif proto.dtype in _COMPLEX:
+        parts = np.array(field, dtype=np.float32 if dtype == np.complex64 else np.float64)
+        if parts.size % 2:
+            raise invalid_argument(f"complex values need real and imaginary parts{label}")
+        flat = parts.view(dtype)
+    else:
+        flat = np.array(field, dtype=dtype)
+    return _fill(flat, shape, count, label)
+
+
+def request_inputs(inputs: Mapping[str, tensor_pb2.TensorProto]) -> dict[str, np.ndarray]:
+    """A PredictRequest's `inputs` map; any decoding failure is INVALID_ARGUMENT."""
+    arrays = {}
+    for alias, proto in inputs.items():
+        try:
+            arrays[alias] = to_ndarray(proto, alias)
+        except ServingError:
+            raise
+        except Exception as exc:  # numpy's own complaint (too big, bad values)
+            raise invalid_argument(f"tensor parsing error: {alias} ({exc})") from None
+    return arrays
+
+
+def _fill(flat: np.ndarray, shape: tuple[int, ...], count: int, label: str) -> np.ndarray:
+    n = flat.size
+    if n == count:
+        return flat.reshape(shape)
+    if n > count:
+        raise invalid_argument(
+            f"Tensor has {n} values but its shape {list(shape)} holds {count}{label}"
+        )
+    fill: object
+    if n == 0:
+        fill = b"" if flat.dtype == object else 0
+        out = np.full(count, fill, dtype=flat.dtype)
+    else:
+        out = np.empty(count, dtype=flat.dtype)
+        out[:n] = flat
+        out[n:] = flat[-1]
+    return out.reshape(shape)
+
+
+def serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
+    """Input → 1-D object array of serialized tf.Examples.
+
+    With context, each example is the context's bytes followed by the
+    example's: protobuf parsing merges them, and the example's own features
+    win on a name clash, which is how TF Serving combines them.
+    """
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        records = [e.SerializeToString() for e in request_input.example_list.examples]
+    elif kind == "example_list_with_context":
+        with_context = request_input.example_list_with_context
+        context = with_context.context.SerializeToString()
+        records = [context + e.SerializeToString() for e in with_context.examples]
+    else:
+        records = []
+    if not records:
+        raise invalid_argument("Input is empty.")
+    out = np.empty(len(records), dtype=object)
+    out[:] = records
+    return out
+
+
+# ---------------------------------------------------------------- responses
+
+
+def from_ndarray(
+    array: np.ndarray, dtype: int | None = None, out: tensor_pb2.TensorProto | None = None
+) -> tensor_pb2.TensorProto:
+    """Encode a result tensor into typed fields (TF Serving's AsProtoField)."""
+    array = np.asarray(array)
+    if dtype is None:
+        dtype = _dtype_of(array)
+    proto = out if out is not None else tensor_pb2.TensorProto()
+    proto.dtype = dtype
+    for size in array.shape:
+        proto.tensor_shape.dim.add().size = size
+    flat = array.reshape(-1)
+    field = getattr(proto, _FIELD[dtype])
+    if dtype == types_pb2.DT_STRING:
+        field.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+    elif dtype in _BITS16:
+        field.extend(flat.view(np.uint16).tolist())
+    elif dtype in _COMPLEX:
+        field.extend(flat.view(flat.real.dtype).tolist())
+    else:
+        field.extend(flat.tolist())
+    return proto
+
+
+def to_tensor_content(array: np.ndarray, out: tensor_pb2.TensorProto) -> None:
+    """Encode a numeric tensor as raw bytes (--enable_serialization_as_tensor_content)."""
+    array = np.ascontiguousarray(array)
+    out.dtype = _dtype_of(array)
+    for size in array.shape:
+        out.tensor_shape.dim.add().size = size
+    out.tensor_content = array.tobytes()
+
+
+def _dtype_of(array: np.ndarray) -> int:
+    if array.dtype.kind in "SU":
+        return types_pb2.DT_STRING
+    dtype = tf_dtype(array.dtype)
+    if dtype is None or dtype not in _FIELD:
+        raise invalid_argument(f"cannot encode numpy dtype {array.dtype}")
+    return dtype
+
+
+def classification_result(
+    result: ClassifyResult, out: classification_pb2.ClassificationResult
+) -> None:
+    classes, scores = result.classes, result.scores
+    reference = classes if classes is not None else scores
+    assert reference is not None
+    batch, num = reference.shape
+    labels = classes.tolist() if classes is not None else None
+    values = scores.tolist() if scores is not None else None
+    for i in range(batch):
+        row = out.classifications.add()
+        for j in range(num):
+            item = row.classes.add()
+            if labels is not None:
+                item.label = _text(labels[i][j])
+            if values is not None:
+                item.score = values[i][j]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def regression_result(result: RegressResult, out: regression_pb2.RegressionResult) -> None:
+    for value in np.asarray(result.values).tolist():
+        out.regressions.add().value = value
+
+
+def inference_result(
+    result: ClassifyResult | RegressResult, out: inference_pb2.InferenceResult
+) -> None:
+    fill_spec(out.model_spec, result.name, result.version, result.signature_name)
+    if isinstance(result, ClassifyResult):
+        classification_result(result, out.classification_result)
+    else:
+        regression_result(result, out.regression_result)
