@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from serving.api.grpc.services import status_message
 from serving.api.v2 import codec
 from serving.api.v2.service import V2Service
 from serving.errors import ServingError, invalid_argument
@@ -25,7 +26,6 @@ from serving.protos import v2_pb2 as pb
 from serving.protos import v2_pb2_grpc as pb_grpc
 
 PROTOCOL = "v2-grpc"
-_MAX_MESSAGE = 1024
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -38,10 +38,7 @@ def _aborting(handler: Handler) -> Handler:
         try:
             return await handler(self, request, context)
         except ServingError as exc:
-            message = exc.message
-            if len(message) > _MAX_MESSAGE:
-                message = message[:_MAX_MESSAGE] + "...TRUNCATED"
-            await context.abort(exc.code, message)
+            await context.abort(exc.code, status_message(exc.message))
 
     return call
 
