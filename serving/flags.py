@@ -253,6 +253,26 @@ class ServerOptions(BaseModel):
     max_request_bytes: int = flag(
         0, "Largest request accepted over gRPC and REST (0 = 2 GiB, gRPC's limit).", ge=0
     )
+    rest_api_host: str = flag(
+        "0.0.0.0",
+        "Address the HTTP/REST API binds (e.g. 127.0.0.1 for a sidecar; :: for IPv6).",
+        min_length=1,
+    )
+    rest_api_idle_timeout_seconds: float = flag(
+        75.0, "Close an HTTP/REST connection idle this long between requests (0 = never).", ge=0.0
+    )
+    rest_api_read_timeout_seconds: float = flag(
+        60.0,
+        "An HTTP/REST request (headers and body) must arrive within this time of its first "
+        "byte, else 408 (0 = no limit).",
+        ge=0.0,
+    )
+    rest_api_max_connections: int = flag(
+        0,
+        "Open HTTP/REST connections allowed; more are answered 503 and closed "
+        "(0 = half the open-file limit, at most 10000).",
+        ge=0,
+    )
     custom_op_libraries: str = flag(
         "", "Comma-separated TensorFlow op libraries (.so) to load at start-up, before any model."
     )

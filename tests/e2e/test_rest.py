@@ -586,7 +586,7 @@ def test_keep_alive_pipelining_and_chunked(server) -> None:
     assert data.count(b"HTTP/1.1 200 OK") == 4
     bodies = [part.split(b"\r\n\r\n", 1)[1] for part in data.split(b"HTTP/1.1 ")[1:]]
     assert [json.loads(b) for b in bodies[:3]] == [{"predictions": [v]} for v in (2.5, 3.0, 3.5)]
-    assert b"Connection: close" in data
+    assert b"\r\nconnection: close\r\n" in data.lower()  # header names are case-insensitive
 
 
 def test_malformed_http_gets_400_and_server_keeps_serving(http, server) -> None:

@@ -1,34 +1,41 @@
-"""A small HTTP/1.1 server on the asyncio loop: asyncio.Protocol + httptools.
+"""The REST transport: a raw ASGI application served by uvicorn on the running loop.
 
-Why not a framework: the REST API needs a handful of routes, exact control of
-the bytes (TF Serving's JSON layout) and low per-request overhead, which a
-Protocol with the C `httptools` parser gives (see docs/rest.md for numbers).
+uvicorn (with the C `httptools` parser) does HTTP/1.1: keep-alive, pipelining
+(answers in request order), chunked bodies, `Expect: 100-continue`, write
+flow control and graceful shutdown. This module adds only what TF Serving's
+REST API needs on top, with no web framework in between:
 
-What it does:
-- HTTP/1.1 keep-alive (HTTP/1.0 with `Connection: keep-alive`), pipelining:
-  requests on one connection are answered in order, one at a time;
-- bodies by Content-Length or chunked; `Expect: 100-continue`;
-- a body limit: an oversized request gets 413 with a JSON error naming the
-  limit, and the connection is closed after the body is discarded;
-- a per-request time limit: 504 with TF Serving's DEADLINE_EXCEEDED JSON;
-- optional CORS headers (TF Serving's three);
-- exact routes (`add_route`) plus one prefix handler (the `/v1` API);
-  anything else is a 404 JSON error.
+- the seam to the handlers: `Request` in, `Response` out (`Handler`);
+- routing: exact routes (`add_route`) plus prefix handlers (the `/v1` and `/v2` APIs),
+  anything else a 404 JSON error;
+- the body limit (`--max_request_bytes`): an over-limit `Content-Length` is
+  answered 413 before any of the body is read, a chunked body is cut off at
+  the limit;
+- the per-request time limit (`--rest_api_timeout_in_ms`): 504 with TF
+  Serving's DEADLINE_EXCEEDED JSON;
+- optional CORS headers (TF Serving's three).
+
+Connection-level limits (idle and read timeouts, the connection cap, header
+size) live in `serving.api.rest.connections`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote
 
-import httptools
+import uvicorn
 
 from serving.api.rest import jsonfmt
+from serving.api.rest.connections import Limits, protocol_class
 
 log = logging.getLogger("serving.rest")
 
@@ -38,31 +45,18 @@ CORS_HEADERS = (
     ("Access-Control-Allow-Methods", "POST, GET"),
     ("Access-Control-Allow-Headers", "Content-Type"),
 )
-_MAX_PIPELINE = 64  # queued requests per connection before we stop reading
-_REASONS = {
-    100: "Continue",
-    200: "OK",
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Payload Too Large",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    499: "Client Closed Request",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
+_CORS = [(k.lower().encode(), v.encode()) for k, v in CORS_HEADERS]
+_CLOSE = (b"connection", b"close")
+
+# ASGI's callables, spelled out so no ASGI typing package is needed.
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(slots=True)
 class Request:
-    """One parsed request. `path` is the raw (still percent-encoded) path."""
+    """One request. `path` is the raw (still percent-encoded) path."""
 
     method: str
     path: str
@@ -91,44 +85,44 @@ def error_response(status: int, message: str) -> Response:
     return Response(status, jsonfmt.error_json(message).encode())
 
 
-class HttpServer:
-    """HTTP/1.1 server whose handlers are coroutines `async (Request) -> Response`.
+class _Deadline:
+    """Cancels the current task at a deadline; cheaper than asyncio.timeout per request.
 
-    Other parts of the server mount their endpoints with `add_route`, e.g. the
-    observability helper's metrics page and `/v1/health/{live,ready}`:
+    One timer handle and no context-manager machinery: on the REST hot path
+    asyncio.timeout measured as a large share of the transport's own cost.
+    """
 
-        server.http.add_route("GET", "/v1/health/live", handler)
+    __slots__ = ("expired", "task")
 
-    Exact routes win over the prefix handler (`set_prefix_handler`, used for
-    TF Serving's `/v1/...` API); any other path is a 404 JSON error.
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.expired = False
+
+    def __call__(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+
+class RestApp:
+    """The ASGI application: routes, body limit, time limit, CORS.
+
+    Handlers are coroutines `async (Request) -> Response`; exact routes win
+    over the prefix handler; a GET route also answers HEAD; a handler that
+    raises gives a 500 JSON error.
     """
 
     def __init__(
-        self,
-        *,
-        max_body_bytes: int,
-        timeout_s: float | None = None,
-        cors: bool = False,
-        max_header_bytes: int = 64 * 1024,
+        self, *, max_body_bytes: int, timeout_s: float | None = None, cors: bool = False
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
         self.cors = cors
-        self.max_header_bytes = max_header_bytes
         self._routes: dict[tuple[str, str], Handler] = {}
         self._prefixes: list[tuple[str, Handler]] = []
-        self._server: asyncio.base_events.Server | None = None
-        self._connections: set[_Connection] = set()
-        self.port: int | None = None
 
     # ------------------------------------------------------------------ routing
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
-        """Serve `method path` (exact match, query string ignored) with `handler`.
-
-        `handler(request)` is awaited on the event loop and returns a `Response`;
-        a GET route also answers HEAD. Raising an exception gives a 500 JSON error.
-        """
         self._routes[(method.upper(), path)] = handler
 
     def set_prefix_handler(self, prefix: str, handler: Handler) -> None:
@@ -155,229 +149,258 @@ class HttpServer:
         handler = self._resolve(request.method, request.path)
         if handler is None:
             return error_response(404, f"Not found: {request.method} {request.path}")
+        deadline = timer = None
+        if self.timeout_s is not None:
+            task = asyncio.current_task()
+            assert task is not None
+            deadline = _Deadline(task)
+            timer = task.get_loop().call_later(self.timeout_s, deadline)
         try:
-            if self.timeout_s is None:
-                return await handler(request)
-            return await asyncio.wait_for(handler(request), self.timeout_s)
-        except asyncio.TimeoutError:
+            return await handler(request)
+        except asyncio.CancelledError:
+            if deadline is None or not deadline.expired:
+                raise  # the server is stopping
+            if sys.version_info >= (3, 11):
+                deadline.task.uncancel()
             return error_response(504, "Deadline Exceeded")
         except Exception:
             log.exception("REST handler failed for %s %s", request.method, request.path)
             return error_response(500, "Internal error while handling the request")
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    # --------------------------------------------------------------------- ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan events are sent (lifespan="off"), no websockets
+        method: str = scope["method"]
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            old = headers.get(name)
+            headers[name] = value if old is None else f"{old}, {value}"
+        limit = self.max_body_bytes
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            # Answered before reading (and before any `100 Continue`); the
+            # connection closes, so the client need not send the body at all.
+            message = (
+                f"Request body of {int(length)} bytes exceeds the limit of {limit} bytes "
+                "(--max_request_bytes)"
+            )
+            await self._send(send, method, error_response(413, message), close=True)
+            return
+        if length is None and "transfer-encoding" not in headers:
+            body = b""  # nothing to wait for
+        else:
+            try:
+                body = await _read_body(receive, limit)
+            except _Disconnected:
+                return
+            except _TooLarge:
+                message = f"Request body exceeds the limit of {limit} bytes (--max_request_bytes)"
+                await self._send(send, method, error_response(413, message), close=True)
+                return
+        request = Request(
+            method=method,
+            path=scope["raw_path"].decode("latin-1") or "/",
+            query=scope["query_string"].decode("latin-1"),
+            headers=headers,
+            body=body,
+        )
+        await self._send(send, method, await self.dispatch(request), close=False)
+
+    async def _send(self, send: Send, method: str, response: Response, *, close: bool) -> None:
+        body = response.body
+        headers = [
+            (b"content-type", response.content_type.encode("latin-1")),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if close:
+            headers.append(_CLOSE)
+        if self.cors:
+            headers.extend(_CORS)
+        for name, value in response.headers:
+            headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body; reading stops as soon as it passes `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class HttpServer:
+    """The REST server: `RestApp` on uvicorn, on the running event loop.
+
+    Other parts of the server mount their endpoints with `add_route`, e.g. the
+    observability helper's metrics page and `/v1/health/{live,ready}`:
+
+        server.http.add_route("GET", "/v1/health/live", handler)
+    """
+
+    def __init__(
+        self,
+        *,
+        max_body_bytes: int,
+        timeout_s: float | None = None,
+        cors: bool = False,
+        limits: Limits | None = None,
+    ) -> None:
+        self.limits = dataclasses.replace(limits or Limits(), max_body_bytes=max_body_bytes)
+        self.app = RestApp(max_body_bytes=max_body_bytes, timeout_s=timeout_s, cors=cors)
+        self.port: int | None = None
+        self._server: _Uvicorn | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    @property
+    def timeout_s(self) -> float | None:
+        return self.app.timeout_s
+
+    def add_route(self, method: str, path: str, handler: Handler) -> None:
+        """Serve `method path` (exact match, query string ignored) with `handler`.
+
+        `handler(request)` is awaited on the event loop and returns a `Response`;
+        a GET route also answers HEAD. Raising an exception gives a 500 JSON error.
+        """
+        self.app.add_route(method, path, handler)
+
+    def set_prefix_handler(self, prefix: str, handler: Handler) -> None:
+        self.app.set_prefix_handler(prefix, handler)
+
+    async def dispatch(self, request: Request) -> Response:
+        return await self.app.dispatch(request)
+
+    @property
+    def connections(self) -> int:
+        """Open client connections (for tests and diagnostics)."""
+        return len(self._server.server_state.connections) if self._server else 0
 
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self, port: int, host: str = "0.0.0.0") -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True, backlog=1024
+        """Bind `host:port` (OSError if it cannot) and serve on the running loop."""
+
+        limits = dataclasses.replace(self.limits, max_connections=self.limits.connections)
+        sock = _bind(host, port)
+        config = uvicorn.Config(
+            self.app,
+            http=protocol_class(limits),
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            log_config=None,  # our logging setup, not uvicorn's
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=self.limits.idle_timeout_s or 2**31,  # type: ignore[arg-type]
+            backlog=1024,
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        if uvicorn_log.level == logging.NOTSET:
+            uvicorn_log.setLevel(logging.WARNING)  # its start/stop lines repeat ours
+        self._server = _Uvicorn(config)
+        self._serving = asyncio.get_running_loop().create_task(self._server.serve([sock]))
+        while not self._server.started:
+            if self._serving.done():
+                self._serving.result()  # raises what stopped it
+                raise OSError(f"HTTP server on {host}:{port} stopped during start-up")
+            await asyncio.sleep(0.005)
+        self.port = sock.getsockname()[1]
+        _quiet_accept_errors(asyncio.get_running_loop())
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting; let queued requests finish (up to `grace`), then close."""
-        if self._server is None:
+        """Stop accepting; let requests being answered finish (up to `grace`), then close."""
+        server, serving = self._server, self._serving
+        if server is None or serving is None:
             return
-        self._server.close()
-        for conn in list(self._connections):
-            conn.close_when_idle()
-        deadline = asyncio.get_running_loop().time() + grace
-        while self._connections and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
-        for conn in list(self._connections):
-            conn.abort()
+        server.config.timeout_graceful_shutdown = max(grace, 0.001)  # type: ignore[assignment]
+        server.should_exit = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        self._server = None
+            await serving
+        for connection in list(server.server_state.connections):
+            connection.transport.abort()  # still receiving a request after the grace period
+        self._server = self._serving = None
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: parse, queue, answer in order."""
+class _Uvicorn(uvicorn.Server):
+    """uvicorn.Server without its signal handlers: SIGTERM is the model server's (drain)."""
 
-    __slots__ = (
-        "_body",
-        "_body_size",
-        "_closing",
-        "_header_size",
-        "_headers",
-        "_paused",
-        "_queue",
-        "_reject",
-        "_url",
-        "_worker",
-        "parser",
-        "server",
-        "transport",
-    )
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
-    def __init__(self, server: HttpServer) -> None:
-        self.server = server
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self._queue: collections.deque[Request | Response] = collections.deque()
-        self._worker: asyncio.Task | None = None
-        self._closing = False
-        self._paused = False
-        self._reset_message()
 
-    def _reset_message(self) -> None:
-        self._url = b""
-        self._headers: dict[str, str] = {}
-        self._header_size = 0
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._reject: Response | None = None
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP,
+    # and without it small responses wait ~40 ms for delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
-    # ------------------------------------------------------------ transport side
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.server._connections.add(self)
+_ACCEPT_LOG_INTERVAL_S = 10.0
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server._connections.discard(self)
-        self._closing = True
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
 
-    def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "Protocol upgrades are not supported")
-        except httptools.HttpParserError as exc:
-            if self._reject is None:
-                self._fail(400, f"Malformed HTTP request: {exc}")
+def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log accept() failures (EMFILE...) once per interval instead of once per attempt."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "quiets_accept_errors", False):
+        return
+    state = {"last": float("-inf"), "skipped": 0}
 
-    def _fail(self, status: int, message: str) -> None:
-        """A request we cannot parse: answer (after queued ones) and close."""
-        self._queue.append(error_response(status, message))
-        self._closing = True
-        self._kick()
-
-    def close_when_idle(self) -> None:
-        self._closing = True
-        if not self._queue and (self._worker is None or self._worker.done()):
-            self.abort()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    # --------------------------------------------------------- parser callbacks
-
-    def on_message_begin(self) -> None:
-        self._reset_message()
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._header_size += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_size += len(name) + len(value)
-        if self._header_size > self.server.max_header_bytes:
-            raise httptools.HttpParserError("request headers too large")
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        old = self._headers.get(key)
-        self._headers[key] = text if old is None else f"{old}, {text}"
-
-    def on_headers_complete(self) -> None:
-        limit = self.server.max_body_bytes
-        length = self._headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            self._reject = error_response(
-                413,
-                f"Request body of {int(length)} bytes exceeds the limit of {limit} bytes "
-                "(--max_request_bytes)",
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if "accept" in str(context.get("message", "")):
+            now = loop.time()
+            if now - state["last"] < _ACCEPT_LOG_INTERVAL_S:
+                state["skipped"] += 1
+                return
+            skipped, state["last"], state["skipped"] = state["skipped"], now, 0
+            log.warning(
+                "%s: %s%s",
+                context.get("message"),
+                context.get("exception"),
+                f" ({skipped} more since the last report)" if skipped else "",
             )
             return
-        if self._headers.get("expect", "").lower() == "100-continue" and self.transport:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def on_body(self, body: bytes) -> None:
-        if self._reject is not None:
-            return  # discarding an oversized body
-        self._body_size += len(body)
-        if self._body_size > self.server.max_body_bytes:
-            limit = self.server.max_body_bytes
-            self._reject = error_response(
-                413,
-                f"Request body exceeds the limit of {limit} bytes (--max_request_bytes)",
-            )
-            self._body = []
-            return
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        if self._reject is not None:
-            self._queue.append(self._reject)
-            self._closing = True
-            self._kick()
-            return
-        url = httptools.parse_url(self._url)
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = Request(
-            method=self.parser.get_method().decode("ascii"),
-            path=url.path.decode("latin-1") if url.path else "/",
-            query=url.query.decode("latin-1") if url.query else "",
-            headers=self._headers,
-            body=body,
-            keep_alive=self.parser.should_keep_alive(),
-        )
-        self._queue.append(request)
-        if len(self._queue) > _MAX_PIPELINE and not self._paused and self.transport:
-            self._paused = True
-            self.transport.pause_reading()
-        self._kick()
-
-    # --------------------------------------------------------------- responding
-
-    def _kick(self) -> None:
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._work())
-
-    async def _work(self) -> None:
-        server = self.server
-        while self._queue:
-            item = self._queue.popleft()
-            if self._paused and len(self._queue) < _MAX_PIPELINE // 2 and self.transport:
-                self._paused = False
-                self.transport.resume_reading()
-            if isinstance(item, Response):  # a parse failure or a rejected body
-                self._write(item, head_only=False, keep_alive=False)
-                self.abort()
-                return
-            response = await server.dispatch(item)
-            keep_alive = item.keep_alive and not (self._closing and not self._queue)
-            self._write(response, head_only=item.method == "HEAD", keep_alive=keep_alive)
-            if not keep_alive:
-                self.abort()
-                return
-        if self._closing:
-            self.abort()
-
-    def _write(self, response: Response, *, head_only: bool, keep_alive: bool) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        body = response.body
-        lines = [
-            f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(body)}",
-        ]
-        if not keep_alive:
-            lines.append("Connection: close")
-        if self.server.cors:
-            lines.extend(f"{k}: {v}" for k, v in CORS_HEADERS)
-        lines.extend(f"{k}: {v}" for k, v in response.headers)
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if head_only or not body:
-            transport.write(head)
-        elif len(body) < 65536:
-            transport.write(head + body)
+        if previous is not None:
+            previous(loop, context)
         else:
-            transport.writelines((head, body))
+            loop.default_exception_handler(context)
+
+    handler.quiets_accept_errors = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
