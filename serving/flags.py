@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+REST_DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
 
 class FlagError(ValueError):
     """A flag was unknown, malformed, or had an invalid value."""
@@ -251,7 +253,16 @@ class ServerOptions(BaseModel):
         30.0, "On SIGTERM, how long to wait for in-flight requests.", ge=0.0
     )
     max_request_bytes: int = flag(
-        0, "Largest request accepted over gRPC and REST (0 = 2 GiB, gRPC's limit).", ge=0
+        0,
+        "Largest request accepted over gRPC and REST (0 = 2 GiB for gRPC, gRPC's limit; "
+        "REST: see --rest_api_max_request_bytes).",
+        ge=0,
+    )
+    rest_api_max_request_bytes: int = flag(
+        0,
+        "Largest HTTP/REST request body; larger gets 413 (0 = --max_request_bytes when set, "
+        "else 64 MiB).",
+        ge=0,
     )
     rest_api_host: str = flag(
         "0.0.0.0",
@@ -271,6 +282,19 @@ class ServerOptions(BaseModel):
         0,
         "Open HTTP/REST connections allowed; more are answered 503 and closed "
         "(0 = half the open-file limit, at most 10000).",
+        ge=0,
+    )
+    max_tensor_elements: int = flag(
+        100_000_000,
+        "Most elements any request tensor may expand to (a single typed value fills its "
+        "whole shape) and any response tensor may have; larger ones are refused before "
+        "anything is allocated. 0 = no limit.",
+        ge=0,
+    )
+    grpc_max_concurrent_rpcs: int = flag(
+        1024,
+        "Most gRPC calls handled at once; further calls get RESOURCE_EXHAUSTED at once "
+        "instead of queueing. 0 = no limit.",
         ge=0,
     )
     custom_op_libraries: str = flag(
@@ -313,6 +337,12 @@ class ServerOptions(BaseModel):
     def max_message_bytes(self) -> int:
         # TF Serving lets gRPC messages go up to INT_MAX.
         return self.max_request_bytes or (2**31 - 1)
+
+    @property
+    def rest_max_body_bytes(self) -> int:
+        # JSON costs several times its size in memory once parsed: a REST body
+        # gets a tighter default than a gRPC message.
+        return self.rest_api_max_request_bytes or self.max_request_bytes or REST_DEFAULT_MAX_BODY
 
     @property
     def channel_arguments(self) -> list[tuple[str, int | str]]:

@@ -13,7 +13,12 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.api.grpc.services import ModelServicer, PredictionServicer, add_services
+from serving.api.grpc.services import (
+    ActiveCalls,
+    ModelServicer,
+    PredictionServicer,
+    add_services,
+)
 from serving.api.rest import start_rest
 from serving.api.rest.http import Handler, HttpServer, Request, Response
 from serving.api.v2.rest import V2Rest
@@ -228,6 +233,7 @@ class ModelServer:
             version=_package_version(),
         )
         self._grpc: grpc.aio.Server | None = None
+        self.grpc_calls = ActiveCalls()
         self._profiler: ProfilerProxy | None = None
         self.grpc_addresses: list[str] = []
         # The REST server; others add routes to it.
@@ -283,12 +289,18 @@ class ModelServer:
             ("grpc.so_reuseport", 0),
             *opts.channel_arguments,
         ]
-        server = grpc.aio.server(options=channel_options)
+        server = grpc.aio.server(
+            options=channel_options,
+            # Past this, calls get RESOURCE_EXHAUSTED at once rather than queueing.
+            maximum_concurrent_rpcs=opts.grpc_max_concurrent_rpcs or None,
+        )
         prediction = PredictionServicer(
-            self.service, tensor_content=opts.enable_serialization_as_tensor_content
+            self.service,
+            tensor_content=opts.enable_serialization_as_tensor_content,
+            max_tensor_elements=opts.max_tensor_elements,
         )
         model = ModelServicer(self.service)
-        add_services(server, prediction, model)
+        add_services(server, prediction, model, self.grpc_calls)
         add_v2_service(server, self.v2)
         self.obs.add_grpc_services(server)
         if opts.enable_profiler:
@@ -352,7 +364,7 @@ class ModelServer:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, unload everything."""
         grace = self.options.drain_timeout_seconds
-        await self.obs.drain(self._grpc, grace, http=self.http)
+        await self.obs.drain(self._grpc, grace, http=self.http, grpc_calls=self.grpc_calls)
         self.core.stop()
         self.source.stop()
         self.heap.close()  # the process is ending: no reclaim per unload

@@ -10,6 +10,7 @@ ServingErrors with a canonical code each protocol maps to its own status.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -40,7 +41,11 @@ if TYPE_CHECKING:
 
 # Decodes a request's inputs against its signature's input specs, for wire
 # formats that carry no types of their own (TF Serving's JSON).
-InputDecoder = Callable[[Mapping[str, TensorSpec]], Mapping[str, np.ndarray]]
+# A decoder may return an awaitable: large inputs are converted off the event loop.
+InputDecoder = Callable[
+    [Mapping[str, TensorSpec]],
+    Mapping[str, np.ndarray] | Awaitable[Mapping[str, np.ndarray]],
+]
 ReloadConfig = Callable[["model_server_config_pb2.ModelServerConfig"], Awaitable[None]]
 
 
@@ -124,7 +129,8 @@ class InferenceService:
         Serving's lookup for it (`signature_inputs`)."""
         with self.manager.acquire(ref.servable_request) as servable:
             if callable(inputs):
-                inputs = inputs(signature_inputs(servable, ref.signature_name))
+                decoded = inputs(signature_inputs(servable, ref.signature_name))
+                inputs = await decoded if inspect.isawaitable(decoded) else decoded
             signature = select_signature(servable, ref.signature_name)
             checked = check_inputs(ref.name, signature, inputs)
             wanted = check_output_filter(signature, output_filter)

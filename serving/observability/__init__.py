@@ -60,6 +60,12 @@ class ServerHandle(Protocol):
     def core(self) -> ServerCore: ...
 
 
+class IdleWaiter(Protocol):
+    """Calls a protocol adapter holds, including those not yet observed."""
+
+    async def wait_idle(self, timeout: float) -> bool: ...
+
+
 class StoppableServer(Protocol):
     """The REST server, as the drain stops it."""
 
@@ -197,12 +203,17 @@ class Observability:
         grpc_server: grpc.aio.Server | None,
         grace: float,
         http: StoppableServer | None = None,
+        grpc_calls: IdleWaiter | None = None,
     ) -> bool:
-        """SIGTERM: NOT_SERVING, stop accepting, let in-flight requests finish.
+        """SIGTERM: NOT_SERVING, refuse new work, let in-flight requests finish.
 
-        gRPC stops accepting at once (new RPCs: UNAVAILABLE). The REST port
-        stays open until the end so probes can read the 503, but new API
-        requests are refused with 503 UNAVAILABLE (see RequestObserver.start).
+        The gRPC server keeps taking calls while in-flight ones finish, and
+        answers new ones UNAVAILABLE (RequestObserver.start): stopping it first
+        would leave calls it had already received, but not yet handed to us,
+        to end CANCELLED (not retryable) when it finally stops. Once the last
+        accepted call is done (`grpc_calls` also counts calls still being
+        parsed), the server stops. The REST port likewise stays open so probes
+        can read the 503 while API requests get 503 UNAVAILABLE.
         Returns True if every in-flight request finished within `grace` seconds.
         """
         inflight = self.observer.inflight
@@ -213,23 +224,18 @@ class Observability:
             extra={"fields": {"event": "drain", "inflight": inflight, "timeout": grace}},
         )
         self.observer.draining = True
-        stopping = None
-        if grpc_server is not None:
-            # Rejects new RPCs at once, then waits for running ones. Open health
-            # Watch streams would hold it for the whole grace period, so once our
-            # own requests are done it gets a moment to send their responses and
-            # is then cut short.
-            stopping = asyncio.ensure_future(grpc_server.stop(grace))
-            # Let stop() send GOAWAY before health says NOT_SERVING: a client that
-            # reacts to NOT_SERVING then meets a closed listener (UNAVAILABLE,
-            # retryable) rather than racing the shutdown into a CANCELLED call.
-            await asyncio.sleep(0)
         await self.health.drain()
         started = time.monotonic()
         finished = await self.observer.wait_idle(grace)
-        if stopping is not None:
+        if grpc_calls is not None:
+            left_s = grace - (time.monotonic() - started)
+            finished = await grpc_calls.wait_idle(left_s) and finished
+        if grpc_server is not None:
+            # Open health Watch streams would hold stop() for its whole grace
+            # period: it gets a moment to send the last responses, then is cut short.
+            stopping = asyncio.ensure_future(grpc_server.stop(_FLUSH_SECONDS))
             await asyncio.wait({stopping}, timeout=_FLUSH_SECONDS)
-            if not stopping.done() and grpc_server is not None:
+            if not stopping.done():
                 await grpc_server.stop(0)
             await stopping
         if http is not None:

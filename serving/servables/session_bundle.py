@@ -102,6 +102,32 @@ def _short_device(name: str) -> str:
     return f"/{spec.device_type}:{spec.device_index}" if spec.device_type else name
 
 
+def tf_error_summary(message: str) -> str:
+    """One line of a TensorFlow error that keeps its cause.
+
+    Graph errors open with a bare "Graph execution error:" and put the cause
+    after a "Detected at node" trace: the first line alone says nothing.
+    """
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if not first.endswith(":") or len(lines) == 1:
+        return first
+    node = ""
+    rest = lines[1:]
+    for index, line in enumerate(rest):
+        if line.startswith("Node: "):
+            node = line[len("Node: ") :].strip("'")
+            rest = rest[index + 1 :]
+            break
+    for line in rest:
+        if line.startswith(("Detected at node", 'File "', "[[")):
+            continue
+        return f"{first} {line}" + (f" (node {node})" if node else "")
+    return first
+
+
 def status_from_tf_error(exc: tf.errors.OpError) -> ServingError:
     code = _TF_CODES.get(exc.error_code, grpc.StatusCode.INTERNAL)
     return GraphError(code, exc.message)
@@ -158,7 +184,7 @@ class SessionServable(Servable):
         except (tf.errors.OpError, RuntimeError, ValueError, OSError, KeyError) as exc:
             message = (getattr(exc, "message", None) or str(exc)).strip()
             code = exc.error_code if isinstance(exc, tf.errors.OpError) else 2
-            first = explain_missing_op(message.splitlines()[0]) if message else repr(exc)
+            first = explain_missing_op(tf_error_summary(message)) if message else repr(exc)
             raise LoadError(first, code) from exc
         self._warn_on_absent_devices(path, pinned, device if options.clear_devices else "")
         log.debug("session for %s built in %.3fs", path, time.monotonic() - started)

@@ -4,15 +4,25 @@ Each RPC decodes its request (serving.api.grpc.codec), calls the
 InferenceService inside `service.observe(...)` (metrics, canonical error
 codes) and encodes the result. The only gRPC-specific error handling left is
 turning the canonical code into the call's status (`rpc`).
+
+The methods are registered with pass-through (de)serializers (`add_services`):
+we parse and serialize ourselves, so that bytes which do not parse get
+gRPC's C++ answer (INTERNAL) rather than grpc.aio's, and so that a large
+message is parsed, converted and serialized on a worker thread instead of the
+event loop every other call shares.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError, Message
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -30,8 +40,13 @@ from serving.api.messages import SIGNATURE_DEF, fill_spec, signature_def_map, st
 from serving.errors import ServingError, invalid_argument
 from serving.inference.service import InferenceService, InferenceTask
 
+log = logging.getLogger("serving")
+
 PROTOCOL = "grpc"
 _MAX_MESSAGE = 1024  # TF Serving truncates longer status messages
+# Messages and tensors above this size are parsed, converted and serialized
+# on a worker thread: below it the hand-off costs more than the work.
+OFFLOAD_BYTES = 1 << 20
 
 # (servicer, request message, context) -> response message
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -78,28 +93,83 @@ def rpc(
     return wrap
 
 
+class ActiveCalls:
+    """gRPC calls our handlers hold, from their first byte (before the request
+    is parsed and counted by the observer) to their last, so the drain waits
+    for every call the server accepted rather than cutting it short."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        if self.count == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(timeout, 0.0))
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._idle = None
+
+
+async def _offload(size: int, work: Callable[[], Any]) -> Any:
+    """Run `work` here if it is small, else on a worker thread."""
+    if size > OFFLOAD_BYTES:
+        return await asyncio.to_thread(work)
+    return work()
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, service: InferenceService, *, tensor_content: bool = False) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        *,
+        tensor_content: bool = False,
+        max_tensor_elements: int = codec.DEFAULT_MAX_ELEMENTS,
+    ) -> None:
         self.service = service
         self._tensor_content = tensor_content
+        self._max_elements = max_tensor_elements
 
     @rpc("predict")
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
         ref = codec.model_ref(request)
-        inputs = codec.request_inputs(request.inputs)
+        limit = self._max_elements
+        inputs = await _offload(
+            codec.request_size(request.inputs),
+            lambda: codec.request_inputs(request.inputs, limit),
+        )
         result = await self.service.predict(ref, inputs, request.output_filter)
+        del inputs
+        codec.check_output_sizes(result.outputs, limit)
         response = predict_pb2.PredictResponse()
         fill_spec(response.model_spec, result.name, result.version, result.signature_name)
-        outputs = response.outputs
+        size = sum(array.nbytes for array in result.outputs.values())
+        await _offload(size, lambda: self._encode(result.outputs, response.outputs))
+        return response
+
+    def _encode(
+        self, arrays: Mapping[str, Any], outputs: Mapping[str, tensor_pb2.TensorProto]
+    ) -> None:
         raw = self._tensor_content
-        for alias, array in result.outputs.items():
+        for alias, array in arrays.items():
             if raw and array.dtype != object:
                 codec.to_tensor_content(array, outputs[alias])
             else:
                 codec.from_ndarray(array, out=outputs[alias])
-        return response
 
     @rpc("classify")
     async def Classify(
@@ -187,10 +257,84 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
+# service → method → request message type
+_METHODS: dict[str, dict[str, type[Message]]] = {
+    "tensorflow.serving.PredictionService": {
+        "Predict": predict_pb2.PredictRequest,
+        "Classify": classification_pb2.ClassificationRequest,
+        "Regress": regression_pb2.RegressionRequest,
+        "MultiInference": inference_pb2.MultiInferenceRequest,
+        "GetModelMetadata": get_model_metadata_pb2.GetModelMetadataRequest,
+    },
+    "tensorflow.serving.ModelService": {
+        "GetModelStatus": get_model_status_pb2.GetModelStatusRequest,
+        "HandleReloadConfigRequest": model_management_pb2.ReloadConfigRequest,
+    },
+}
+
+
+def _response_size(response: Message) -> int:
+    """A cheap estimate of the serialized size (ByteSize() itself serializes)."""
+    if isinstance(response, predict_pb2.PredictResponse):
+        return codec.request_size(response.outputs)
+    return 0
+
+
+def parse_request(kind: type[Message], data: bytes) -> Message | None:
+    """The request, or None if the bytes are not one (the caller answers INTERNAL)."""
+    try:
+        return kind.FromString(data)
+    except DecodeError:
+        return None
+
+
+def _raw_method(
+    method: Handler, kind: type[Message], active: ActiveCalls | None = None
+) -> Callable[[Any, bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+    """A unary handler taking and returning bytes around `method`."""
+    full_name = kind.DESCRIPTOR.full_name
+    calls = active if active is not None else ActiveCalls()
+
+    async def call(self: Any, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        calls.enter()
+        try:
+            return await _handle(self, data, context)
+        finally:
+            calls.leave()
+
+    async def _handle(self: Any, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        size = len(data)
+        request = await _offload(size, functools.partial(parse_request, kind, data))
+        del data
+        if request is None:
+            # gRPC's C++ servers answer INTERNAL for a request they cannot parse.
+            log.debug("gRPC %s: %d bytes do not parse", full_name, size)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"Failed to parse {full_name} ({size} bytes)"
+            )
+        response = await method(self, request, context)
+        del request
+        if response is None:  # aborted
+            return b""
+        return await _offload(_response_size(response), response.SerializeToString)
+
+    return call
+
+
 def add_services(
     server: grpc.aio.Server,
     prediction: PredictionServicer,
     model: ModelServicer,
+    active: ActiveCalls | None = None,
 ) -> None:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, server)
+    for servicer, service in (
+        (prediction, "tensorflow.serving.PredictionService"),
+        (model, "tensorflow.serving.ModelService"),
+    ):
+        handlers = {}
+        for name, kind in _METHODS[service].items():
+            method = getattr(type(servicer), name)
+            behavior = functools.partial(_raw_method(method, kind, active), servicer)
+            # No (de)serializers: the handler gets and returns the raw bytes.
+            handlers[name] = grpc.unary_unary_rpc_method_handler(behavior)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))

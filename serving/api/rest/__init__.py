@@ -8,7 +8,8 @@ running event loop, the same loop as gRPC. Flags:
 - `--rest_api_host`: the address to bind (ours; TF Serving binds every address);
 - `--rest_api_timeout_in_ms`: per-request limit, 504 DEADLINE_EXCEEDED past it;
 - `--rest_api_enable_cors_support`: TF Serving's three CORS headers;
-- `--max_request_bytes`: largest accepted body (0 = 2 GiB - 1), 413 beyond;
+- `--rest_api_max_request_bytes` (else `--max_request_bytes`, else 64 MiB): largest
+  accepted body, 413 beyond;
 - `--rest_api_idle_timeout_seconds`, `--rest_api_read_timeout_seconds`,
   `--rest_api_max_connections`: connection limits (ours);
 - `--rest_api_num_threads`: accepted for compatibility. TF Serving sizes its
@@ -55,7 +56,12 @@ async def start_rest(options: Any, service: Any, observer: Any = None) -> HttpSe
     # The time limit is the request context's (RestApi), not the transport's:
     # two timers on the same limit would race over the request's status code.
     http = HttpServer(
-        max_body_bytes=options.max_message_bytes,
+        max_body_bytes=options.rest_max_body_bytes,
+        max_body_flag=(
+            "--max_request_bytes"
+            if options.max_request_bytes and not options.rest_api_max_request_bytes
+            else "--rest_api_max_request_bytes"
+        ),
         cors=options.rest_api_enable_cors_support,
         limits=limits,
     )

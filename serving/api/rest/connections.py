@@ -25,7 +25,9 @@ each path so an upgrade that changes them fails there first.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import re
 import resource
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -91,7 +93,7 @@ def protocol_class(limits: Limits) -> type[LimitedHttpToolsProtocol]:
 
 def error_bytes(status: int, message: str) -> bytes:
     """A whole `Connection: close` response, for answers written outside a request cycle."""
-    body = jsonfmt.error_json(message).encode()
+    body = jsonfmt.error_body(message)
     head = (
         f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
         "content-type: application/json\r\n"
@@ -130,6 +132,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._discarding = False  # answered and closing: input is dropped
         self._close_when_answered = False  # the client half-closed
         self.held: _CycleTransport | None = None  # a response head waiting for its body
+        self._chunk_started = False  # the parser read a chunk-size line in this feed
+        self._chunk_size = _chunk_size_pattern(self.limits.max_body_bytes)
 
     # ------------------------------------------------------------- connection
 
@@ -163,7 +167,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         try:
+            self._chunk_started = False
             self.parser.feed_data(data)
+            if self._chunk_started:
+                self._check_chunk_sizes(data)
             if self._reading and self._read_timer is None and self.limits.read_timeout_s:
                 # Armed only when a request spans reads: most arrive in one.
                 self._read_timer = self.loop.call_later(self.limits.read_timeout_s, self._read_late)
@@ -212,6 +219,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # The cycle closes through us, so an answer that ends the connection
         # mid-upload lingers instead of resetting it.
         self.cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
+
+    def on_chunk_header(self) -> None:
+        self._chunk_started = True
+
+    def _check_chunk_sizes(self, data: bytes) -> None:
+        """A chunk that declares more than the body limit is refused at once.
+
+        The parser does not report a chunk's size, and would wait for all of
+        it (up to 2^64 - 1 bytes) before the body limit applies; so the data
+        in which it read a chunk-size line is searched for one over the limit.
+        A match needs a CRLF-delimited run of hex digits as long as the
+        limit's own and a value over it, which JSON payload rarely has.
+        """
+        for match in self._chunk_size.finditer(data):
+            size = int(match.group(1), 16)
+            if size > self.limits.max_body_bytes:
+                self._fail(
+                    413,
+                    f"Request body exceeds the limit of {self.limits.max_body_bytes} bytes "
+                    f"(a chunk of {size} bytes)",
+                )
+                return
 
     def on_message_complete(self) -> None:
         self._reading = False
@@ -286,6 +315,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
+
+
+@functools.lru_cache(maxsize=8)
+def _chunk_size_pattern(limit: int) -> re.Pattern[bytes]:
+    """A chunk-size line after CRLF with at least as many hex digits as `limit` has
+    (at most 20: the parser refuses longer ones, and a longer run is payload)."""
+    digits = len(f"{limit:x}")
+    return re.compile(rb"(?:\A|\r\n)([0-9a-fA-F]{%d,20})[ \t]*(?:;|\r\n)" % digits)
 
 
 class _CycleTransport:

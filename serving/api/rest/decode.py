@@ -16,6 +16,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import TypeGuard, cast
 
@@ -40,28 +41,75 @@ _INT32 = (-(1 << 31), (1 << 31) - 1)
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _FLOATS = (types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)
 _SMALL_INTS = (types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8, types_pb2.DT_UINT8)
+# A tensor has at most this many dimensions (TensorFlow's and NumPy's limit).
+MAX_RANK = 64
+# Error messages quote at most this much of the request.
+EXCERPT_CHARS = 512
+# A \\uXXXX escape of a UTF-16 surrogate that is not part of a pair.
+_LONE_SURROGATE = re.compile(
+    rb"(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
 
 
 # ------------------------------------------------------------------ JSON text
 
 
-def parse_json(body: bytes) -> dict:
+def parse_json(body: bytes | bytearray | memoryview) -> dict:
     """The request document; TF Serving's parse errors; it must be an object."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        text = body.decode("utf-8", errors="surrogateescape")
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise invalid_argument(_parse_error(text, exc)) from None
-        except RecursionError:
-            raise invalid_argument("JSON Parse error: Nesting too deep") from None
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):
+            raise invalid_argument(
+                f"JSON Parse error: Nesting too deep at offset: {exc.pos}"
+            ) from None
+        doc = _parse_leniently(bytes(body))
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {pretty(doc)} Is not object")
     return doc
+
+
+class _TooBig(Exception):
+    def __init__(self, digits: str) -> None:
+        self.digits = digits
+
+
+def _parse_int(digits: str) -> int | float:
+    """Integers past 64 bits become doubles (as rapidjson reads them); past a double's range,
+    an error (Python would refuse to convert them beyond a few thousand digits anyway)."""
+    if len(digits) <= 20:
+        return int(digits)
+    value = float(digits)
+    if math.isinf(value):
+        raise _TooBig(digits)
+    return value
+
+
+def _parse_leniently(body: bytes) -> object:
+    """What orjson refuses but rapidjson reads: NaN/Infinity tokens, bytes that are not UTF-8
+    (kept as they are in strings), integers past 64 bits."""
+    if b"\\u" in body:
+        lone = _LONE_SURROGATE.search(body)
+        if lone is not None:
+            raise invalid_argument(
+                "JSON Parse error: The surrogate pair in string is invalid. "
+                f"at offset: {lone.end()}"
+            )
+    text = body.decode("utf-8", errors="surrogateescape")
+    try:
+        return json.loads(text, parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        raise invalid_argument(_parse_error(text, exc)) from None
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: Nesting too deep") from None
+    except _TooBig as exc:
+        offset = len(text[: max(text.find(exc.digits), 0)].encode("utf-8", "surrogateescape"))
+        raise invalid_argument(
+            f"JSON Parse error: Number too big to be stored in double. at offset: {offset}"
+        ) from None
 
 
 def _parse_error(text: str, exc: json.JSONDecodeError) -> str:
@@ -151,28 +199,64 @@ def _rj_double(value: float) -> str:
 
 
 def pretty(value: object, depth: int = 0) -> str:
-    """A JSON value as TF Serving's error messages show it (rapidjson PrettyWriter)."""
+    """A JSON value as TF Serving's error messages show it (rapidjson PrettyWriter).
+
+    TF Serving echoes the whole value; a message here stops after
+    `EXCERPT_CHARS` characters with "...", so a huge or deeply nested body
+    costs neither time nor memory in its error answer (and no recursion limit).
+    """
+    out: list[str] = []
+    budget = [EXCERPT_CHARS]
+    try:
+        _pretty(value, depth, out, budget)
+    except _Cut:
+        out.append("...")
+    return "".join(out)
+
+
+class _Cut(Exception):
+    pass
+
+
+def _put(text: str, out: list[str], budget: list[int]) -> None:
+    if len(text) > budget[0]:
+        out.append(text[: max(budget[0], 0)])
+        raise _Cut
+    budget[0] -= len(text)
+    out.append(text)
+
+
+def _pretty(value: object, depth: int, out: list[str], budget: list[int]) -> None:
     pad = "    "
-    if isinstance(value, dict):
+    if isinstance(value, (dict, list)):
         if not value:
-            return "{}"
+            _put("{}" if isinstance(value, dict) else "[]", out, budget)
+            return
+        if depth >= MAX_RANK:
+            _put("[...]" if isinstance(value, list) else "{...}", out, budget)
+            raise _Cut
         inner = "\n" + pad * (depth + 1)
-        body = ("," + inner).join(
-            _json_str(str(k)) + ": " + pretty(v, depth + 1) for k, v in value.items()
-        )
-        return "{" + inner + body + "\n" + pad * depth + "}"
-    if isinstance(value, list):
-        if not value:
-            return "[]"
-        inner = "\n" + pad * (depth + 1)
-        return (
-            "["
-            + inner
-            + ("," + inner).join(pretty(v, depth + 1) for v in value)
-            + ("\n" + pad * depth + "]")
-        )
+        _put(("{" if isinstance(value, dict) else "[") + inner, out, budget)
+        if isinstance(value, dict):
+            for index, (key, item) in enumerate(value.items()):
+                if index:
+                    _put("," + inner, out, budget)
+                _put(_excerpt_str(str(key), budget[0]) + ": ", out, budget)
+                _pretty(item, depth + 1, out, budget)
+            _put("\n" + pad * depth + "}", out, budget)
+        else:
+            for index, item in enumerate(value):
+                if index:
+                    _put("," + inner, out, budget)
+                _pretty(item, depth + 1, out, budget)
+            _put("\n" + pad * depth + "]", out, budget)
+        return
+    _put(_leaf(value, depth, budget[0]), out, budget)
+
+
+def _leaf(value: object, depth: int, room: int) -> str:
     if isinstance(value, str):
-        return _json_str(value)
+        return _excerpt_str(value, room)
     if value is True:
         return "true"
     if value is False:
@@ -184,7 +268,16 @@ def pretty(value: object, depth: int = 0) -> str:
         if depth == 0 and (not math.isfinite(value) or abs(value) <= _FLT_MAX):
             return format_scalar(float(np.float32(value)))
         return _rj_double(value)
+    if isinstance(value, int) and value.bit_length() > 64 * 8:
+        return f"(an integer of about {int(value.bit_length() * 0.30103)} digits)"
     return str(value)
+
+
+def _excerpt_str(text: str, room: int) -> str:
+    """A JSON string literal, cut (without its closing quote) when longer than `room`."""
+    if len(text) > room:
+        return _json_str(text[: max(room, 0)])[:-1]
+    return _json_str(text)
 
 
 def _json_str(text: str) -> str:
@@ -248,10 +341,17 @@ def b64_decode(value: object) -> bytes:
 # ------------------------------------------------------------ predict tensors
 
 
-def _dense_shape(value: object) -> list[int]:
+def _dense_shape(value: object, outer: int = 0) -> list[int]:
+    """The shape the first elements imply; more than `MAX_RANK` dimensions
+    (counting `outer` ones around the value) is a client error."""
     shape = []
     while isinstance(value, list):
         shape.append(len(value))
+        if len(shape) + outer > MAX_RANK:
+            raise invalid_argument(
+                f"JSON value nested more than {MAX_RANK} lists deep: a tensor has at most "
+                f"{MAX_RANK} dimensions"
+            )
         if not value:
             break
         value = value[0]
@@ -378,16 +478,17 @@ def _fast(value: object, spec: TensorSpec) -> np.ndarray | None:
             if np.abs(arr).max() > limit:
                 return None
         else:
-            finite = arr[np.isfinite(arr)]
-            big = np.abs(finite)
-            # An integral value past the limit may have been a JSON int: check exactly.
-            if (
-                big.size
-                and big.max() > limit
-                and ((big > limit) & (finite == np.floor(finite))).any()
-            ):
-                return None
-            if not double and big.size and big.max() > _FLT_MAX:
+            # Without temporaries the size of `arr` in the common case (all
+            # finite, all small): a large request's peak memory is set here.
+            finite_mask = np.isfinite(arr)
+            finite = arr if finite_mask.all() else arr[finite_mask]
+            top = max(float(finite.max()), -float(finite.min())) if finite.size else 0.0
+            if top > limit:
+                big = np.abs(finite)
+                # An integral value past the limit may have been a JSON int: check exactly.
+                if ((big > limit) & (finite == np.floor(finite))).any():
+                    return None
+            if not double and top > _FLT_MAX:
                 return None
         return arr.astype(spec.np_dtype)
     if kind == "f":
@@ -471,7 +572,7 @@ def _stack_rows(values: list, name: str, spec: TensorSpec, keyed: bool) -> np.nd
             raise invalid_argument(
                 f"Expecting value/list but got object at item {index} of input list"
             )
-        shape = _dense_shape(value)
+        shape = _dense_shape(value, outer=1)
         before = len(leaves)
         try:
             _fill(value, 0, shape, spec.dtype, leaves)

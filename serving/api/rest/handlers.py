@@ -10,13 +10,17 @@ and written as TF Serving's `{"error": ...}` body.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote
 
+import grpc
 import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -24,7 +28,7 @@ from google.protobuf.message import Message
 from serving.api.messages import model_spec, signature_def_map, status_response
 from serving.api.rest import decode, jsonfmt
 from serving.api.rest.http import HttpServer, Request, Response, error_response
-from serving.errors import ServingError, invalid_argument
+from serving.errors import ServingError, failed_precondition, invalid_argument
 from serving.inference.model_ref import ModelRef
 from serving.inference.service import InferenceService
 from serving.servables.signature import TensorSpec
@@ -39,9 +43,19 @@ _GET = re.compile(
 )
 _INT64_MAX = (1 << 63) - 1
 OPENAPI_PATH = "/v1/openapi.json"
+_ORIGIN = re.compile(r"https?://")
+# Bodies (and response tensors) above this size are parsed, converted and
+# written in a worker thread, so one large request does not stall the loop
+# every other client is served from; below it a thread hop costs more than it saves.
+OFFLOAD_BYTES = 1 << 20
+# Worker threads for large JSON: at most this many large bodies are decoded at
+# once (each costs several times its size in memory), the rest wait their turn.
+JSON_WORKERS = 2
 
 # A verb: (model reference from the path, request body) -> response body.
-Verb = Callable[[ModelRef, bytes], Awaitable[bytes]]
+# The verb takes the body out of the request (`request.body` is emptied), so a
+# large body is freed once parsed rather than when the response is written.
+Verb = Callable[[ModelRef, Request], Awaitable[bytes]]
 
 
 def _openapi() -> bytes:
@@ -62,6 +76,7 @@ class RestApi:
         self.service = service
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
         self._openapi: bytes | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._verbs: dict[str, Verb] = {
             "predict": self.predict,
             "classify": self.classify,
@@ -80,12 +95,33 @@ class RestApi:
     async def handle(self, request: Request) -> Response:
         """One `/v1` request; a ServingError's canonical code becomes the HTTP status."""
         try:
+            if request.method == "OPTIONS":
+                return self.preflight(request)
             api, ref, verb = self.route(request.method, request.path)
             async with self.service.observe(api, PROTOCOL, ref.name, self.timeout_s):
-                body = await verb(ref, request.body)
-            return Response(200, body)
+                answer = await verb(ref, request)
+            return Response(200, answer)
         except ServingError as exc:
             return error_response(exc.http_status, exc.message)
+
+    @staticmethod
+    def preflight(request: Request) -> Response:
+        """TF Serving's answer to a CORS preflight: 200 when it names an http(s) origin."""
+        if _ORIGIN.search(request.headers.get("origin", "")):
+            return Response(200, b"")
+        raise failed_precondition("Origin header is missing in CORS preflight")
+
+    # ------------------------------------------------------- large bodies
+
+    def _deadline(self) -> float | None:
+        return time.monotonic() + self.timeout_s if self.timeout_s is not None else None
+
+    async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` on the JSON worker threads; the caller's time limit still applies
+        to the wait, and `fn` checks the deadline between its own stages."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(JSON_WORKERS, thread_name_prefix="rest-json")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     # ------------------------------------------------------------------ routing
 
@@ -111,7 +147,10 @@ class RestApi:
 
     # ------------------------------------------------------------------- verbs
 
-    async def predict(self, ref: ModelRef, body: bytes) -> bytes:
+    async def predict(self, ref: ModelRef, request: Request) -> bytes:
+        if len(request.body) > OFFLOAD_BYTES:
+            return await self._predict_large(ref, request)
+        body = _take_body(request)
         doc = decode.parse_json(body)
         ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
         fast = b"true" not in body and b"false" not in body
@@ -128,22 +167,53 @@ class RestApi:
             return jsonfmt.predict_row(result.outputs)
         return jsonfmt.predict_columnar(result.outputs)
 
-    async def classify(self, ref: ModelRef, body: bytes) -> bytes:
-        doc = decode.parse_json(body)
+    async def _predict_large(self, ref: ModelRef, request: Request) -> bytes:
+        """`predict` with the parse, the conversion to arrays and the response in worker
+        threads; each stage first checks the request's deadline, so work for a request
+        that has already timed out stops at the next stage."""
+        deadline = self._deadline()
+        holder = [_take_body(request)]
+        doc, fast = await self._offload(_parse_large, holder, deadline)
         ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
-        result = await self.service.classify(ref, decode.examples(doc))
+        layout = decode.ROW
+
+        async def inputs(specs: Mapping[str, TensorSpec]) -> Mapping[str, np.ndarray]:
+            nonlocal layout, doc
+            arrays, layout = await self._offload(_convert, doc, specs, fast, deadline)
+            doc = None  # the Python objects go as soon as the arrays exist
+            return arrays
+
+        result = await self.service.predict(ref, inputs)
+        encode = jsonfmt.predict_row if layout == decode.ROW else jsonfmt.predict_columnar
+        if sum(a.nbytes for a in result.outputs.values()) <= OFFLOAD_BYTES // 8:
+            return encode(result.outputs)
+        return await self._offload(_encode, encode, result.outputs, deadline)
+
+    async def classify(self, ref: ModelRef, request: Request) -> bytes:
+        ref, examples = await self._examples(ref, request)
+        result = await self.service.classify(ref, examples)
         return jsonfmt.classify_json(result.classes, result.scores)
 
-    async def regress(self, ref: ModelRef, body: bytes) -> bytes:
-        doc = decode.parse_json(body)
-        ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
-        result = await self.service.regress(ref, decode.examples(doc))
+    async def regress(self, ref: ModelRef, request: Request) -> bytes:
+        ref, examples = await self._examples(ref, request)
+        result = await self.service.regress(ref, examples)
         return jsonfmt.regress_json(result.values)
 
-    async def status(self, ref: ModelRef, body: bytes) -> bytes:
+    async def _examples(self, ref: ModelRef, request: Request) -> tuple[ModelRef, np.ndarray]:
+        """The signature and serialized tf.Examples; a large body off the event loop."""
+        if len(request.body) <= OFFLOAD_BYTES:
+            doc = decode.parse_json(_take_body(request))
+            ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
+            return ref, decode.examples(doc)
+        deadline = self._deadline()
+        doc, _fast = await self._offload(_parse_large, [_take_body(request)], deadline)
+        ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
+        return ref, await self._offload(decode.examples, doc)
+
+    async def status(self, ref: ModelRef, request: Request) -> bytes:
         return _proto_json(status_response(self.service.status(ref))).encode()
 
-    async def metadata(self, ref: ModelRef, body: bytes) -> bytes:
+    async def metadata(self, ref: ModelRef, request: Request) -> bytes:
         result = self.service.metadata(ref)
         spec = model_spec(result.name, result.version)
         signature_map = signature_def_map(result.signature_defs)
@@ -159,13 +229,48 @@ class RestApi:
         return text.encode()
 
 
+def _take_body(request: Request) -> bytes | bytearray:
+    body, request.body = request.body, b""
+    return body
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+
+def _parse_large(holder: list, deadline: float | None) -> tuple[dict, bool]:
+    body = holder.pop()  # the only reference: the body is freed once parsed
+    _check_deadline(deadline)
+    fast = b"true" not in body and b"false" not in body
+    return decode.parse_json(body), fast
+
+
+def _convert(
+    doc: dict, specs: Mapping[str, TensorSpec], fast: bool, deadline: float | None
+) -> tuple[dict[str, np.ndarray], str]:
+    _check_deadline(deadline)
+    return decode.predict_inputs(doc, specs, fast)
+
+
+def _encode(
+    encode: Callable[[Mapping[str, np.ndarray]], bytes],
+    outputs: Mapping[str, np.ndarray],
+    deadline: float | None,
+) -> bytes:
+    _check_deadline(deadline)
+    return encode(outputs)
+
+
 def _ref(name: str, version: str | None, label: str | None) -> ModelRef:
     model = unquote(name)
     number = None
     if version is not None:
+        # Checked on the digits: Python refuses int() past a few thousand of them.
+        if len(version.lstrip("0")) > 19 or int(version) > _INT64_MAX:
+            shown = version if len(version) <= 32 else version[:32] + "..."
+            raise invalid_argument(f"Failed to convert version: {shown} to numeric.")
         number = int(version)
-        if number > _INT64_MAX:
-            raise invalid_argument(f"Failed to convert version: {version} to numeric.")
     return ModelRef(model, number, unquote(label) if label is not None else None)
 
 

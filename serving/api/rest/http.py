@@ -8,9 +8,12 @@ REST API needs on top, with no web framework in between:
 - the seam to the handlers: `Request` in, `Response` out (`Handler`);
 - routing: exact routes (`add_route`) plus prefix handlers (the `/v1` and `/v2` APIs),
   anything else a 404 JSON error;
-- the body limit (`--max_request_bytes`): an over-limit `Content-Length` is
-  answered 413 before any of the body is read, a chunked body is cut off at
-  the limit;
+- the body limit (`--rest_api_max_request_bytes`): an over-limit
+  `Content-Length` is answered 413 before any of the body is read, a chunked
+  body is cut off at the limit;
+- 405 for methods TF Serving's HTTP server does not pass to its handlers
+  (it passes GET, POST, HEAD, PUT, DELETE, PATCH and OPTIONS; the API answers
+  those it does not route with TF Serving's 400 "Malformed request");
 - the per-request time limit (`--rest_api_timeout_in_ms`): 504 with TF
   Serving's DEADLINE_EXCEEDED JSON;
 - optional CORS headers (TF Serving's three).
@@ -47,6 +50,10 @@ CORS_HEADERS = (
 )
 _CORS = [(k.lower().encode(), v.encode()) for k, v in CORS_HEADERS]
 _CLOSE = (b"connection", b"close")
+# The methods TF Serving's HTTP server (libevent, as it configures it) hands to
+# its handlers; anything else never reaches them.
+METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
+_ALLOW = "GET, HEAD, POST, OPTIONS"
 
 # ASGI's callables, spelled out so no ASGI typing package is needed.
 Scope = dict[str, Any]
@@ -62,7 +69,7 @@ class Request:
     path: str
     query: str
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
-    body: bytes
+    body: bytes | bytearray
     keep_alive: bool = True
 
     @property
@@ -82,7 +89,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def error_response(status: int, message: str) -> Response:
-    return Response(status, jsonfmt.error_json(message).encode())
+    return Response(status, jsonfmt.error_body(message))
 
 
 class _Deadline:
@@ -112,9 +119,15 @@ class RestApp:
     """
 
     def __init__(
-        self, *, max_body_bytes: int, timeout_s: float | None = None, cors: bool = False
+        self,
+        *,
+        max_body_bytes: int,
+        timeout_s: float | None = None,
+        cors: bool = False,
+        max_body_flag: str = "--max_request_bytes",
     ) -> None:
         self.max_body_bytes = max_body_bytes
+        self.max_body_flag = max_body_flag
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
         self.cors = cors
         self._routes: dict[tuple[str, str], Handler] = {}
@@ -182,6 +195,11 @@ class RestApp:
             value = raw_value.decode("latin-1")
             old = headers.get(name)
             headers[name] = value if old is None else f"{old}, {value}"
+        if method not in METHODS:
+            response = error_response(405, f"Method not allowed: {method[:32]}")
+            response.headers.append(("Allow", _ALLOW))
+            await self._send(send, method, response, close=True)
+            return
         limit = self.max_body_bytes
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -189,19 +207,19 @@ class RestApp:
             # connection closes, so the client need not send the body at all.
             message = (
                 f"Request body of {int(length)} bytes exceeds the limit of {limit} bytes "
-                "(--max_request_bytes)"
+                f"({self.max_body_flag})"
             )
             await self._send(send, method, error_response(413, message), close=True)
             return
         if length is None and "transfer-encoding" not in headers:
-            body = b""  # nothing to wait for
+            body: bytes | bytearray = b""  # nothing to wait for
         else:
             try:
                 body = await _read_body(receive, limit)
             except _Disconnected:
                 return
             except _TooLarge:
-                message = f"Request body exceeds the limit of {limit} bytes (--max_request_bytes)"
+                message = f"Request body exceeds the limit of {limit} bytes ({self.max_body_flag})"
                 await self._send(send, method, error_response(413, message), close=True)
                 return
         request = Request(
@@ -211,6 +229,7 @@ class RestApp:
             headers=headers,
             body=body,
         )
+        del body  # the request holds the only reference; a handler may free it early
         await self._send(send, method, await self.dispatch(request), close=False)
 
     async def _send(self, send: Send, method: str, response: Response, *, close: bool) -> None:
@@ -237,23 +256,34 @@ class _Disconnected(Exception):
     pass
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    """The whole body; reading stops as soon as it passes `limit`."""
-    chunks: list[bytes] = []
-    size = 0
+async def _read_body(receive: Receive, limit: int) -> bytes | bytearray:
+    """The whole body; reading stops as soon as it passes `limit`.
+
+    Appended to one bytearray: no second copy for a join, and a large body is
+    one allocation (mmap-backed in glibc), returned to the system as soon as
+    the request is done or the upload is abandoned, where a list of 64 KiB
+    chunks stays in the heap.
+    """
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _Disconnected
+    first = message.get("body", b"")
+    if len(first) > limit:
+        raise _TooLarge
+    if not message.get("more_body", False):
+        return first
+    body = bytearray(first)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Disconnected
         chunk = message.get("body", b"")
         if chunk:
-            size += len(chunk)
-            if size > limit:
+            if len(body) + len(chunk) > limit:
                 raise _TooLarge
-            chunks.append(chunk)
+            body += chunk
         if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return body
 
 
 class HttpServer:
@@ -272,9 +302,15 @@ class HttpServer:
         timeout_s: float | None = None,
         cors: bool = False,
         limits: Limits | None = None,
+        max_body_flag: str = "--max_request_bytes",
     ) -> None:
         self.limits = dataclasses.replace(limits or Limits(), max_body_bytes=max_body_bytes)
-        self.app = RestApp(max_body_bytes=max_body_bytes, timeout_s=timeout_s, cors=cors)
+        self.app = RestApp(
+            max_body_bytes=max_body_bytes,
+            timeout_s=timeout_s,
+            cors=cors,
+            max_body_flag=max_body_flag,
+        )
         self.port: int | None = None
         self._server: _Uvicorn | None = None
         self._serving: asyncio.Task[None] | None = None

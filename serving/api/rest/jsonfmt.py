@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from serving.api.rest.floatfmt import float_specs
 from serving.errors import invalid_argument
 
 INDENT = "    "
+# Numbers formatted per `%` operation when a large answer is written in slices.
+_CHUNK_ELEMENTS = 1 << 16
 _ESCAPES = {i: f"\\u{i:04X}" for i in range(0x20)}
 _ESCAPES.update({0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"})
 _ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
@@ -36,6 +39,17 @@ def json_string(text: str) -> str:
 def error_json(message: str) -> str:
     """TF Serving's error body: `{"error": ...}` from a PrettyWriter, no trailing newline."""
     return "{\n" + INDENT + '"error": ' + json_string(message) + "\n}"
+
+
+def error_body(message: str) -> bytes:
+    """`error_json` as bytes. A message may quote request text that is not valid UTF-8
+    (kept as surrogate escapes, written back as the client's bytes, as rapidjson
+    does) or a lone surrogate (written as a \\u escape); encoding never fails."""
+    text = error_json(message)
+    try:
+        return text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="backslashreplace")
 
 
 def _bytes_text(value: object) -> str:
@@ -90,9 +104,7 @@ def tensor_texts(name: str, array: np.ndarray, depth_for_b64: int = 0) -> np.nda
     raise invalid_argument(f"Failed to write JSON value for tensor type: {numpy_type_name(array)}")
 
 
-def _single(
-    array: np.ndarray, head: str, render: Callable[[np.ndarray], str], tail: str
-) -> bytes | None:
+def _single(array: np.ndarray, head: str, render: Callable[[Any], str], tail: str) -> bytes | None:
     """One numeric tensor: lay out the format pieces, then one `%` fills every number."""
     numeric = _numeric_specs(array)
     if numeric is None:
@@ -152,6 +164,33 @@ def _check_batch(outputs: Mapping[str, np.ndarray]) -> int:
     return batch
 
 
+def _rows_text(rows: list) -> str:
+    return ", ".join([layout(row, 2, True) for row in rows])
+
+
+def _single_rows(array: np.ndarray, head: str, tail: str) -> bytes | None:
+    """`_single` for a row-format answer, a slice of rows at a time.
+
+    A large tensor formatted in one go holds several Python objects per number
+    at once (pieces, numbers, their tuple, the text) and keeps the GIL for the
+    whole `%`; slices bound both, and the answer is joined once from bytes.
+    """
+    per_row = max(1, int(np.prod(array.shape[1:])))
+    step = max(1, _CHUNK_ELEMENTS // per_row)
+    if array.ndim == 0 or len(array) <= step or array.dtype.kind not in "fiub":
+        return _single(array, head, _rows_text, tail)
+    parts: list[bytes] = [head.encode()]
+    for start in range(0, len(array), step):
+        part = _single(array[start : start + step], "", _rows_text, "")
+        if part is None:
+            return None
+        if start:
+            parts.append(b", ")
+        parts.append(part)
+    parts.append(tail.encode())
+    return b"".join(parts)
+
+
 def predict_row(outputs: Mapping[str, np.ndarray]) -> bytes:
     """`{"predictions": [...]}`: one entry per batch row (an object if several outputs)."""
     if not outputs:
@@ -162,9 +201,7 @@ def predict_row(outputs: Mapping[str, np.ndarray]) -> bytes:
     if len(outputs) == 1:
         ((name, array),) = outputs.items()
         array = np.asarray(array)
-        fast = _single(
-            array, head, lambda rows: ", ".join([layout(row, 2, True) for row in rows]), tail
-        )
+        fast = _single_rows(array, head, tail)
         if fast is not None:
             return fast
         rows = tensor_texts(name, array, np.ndim(array) + 1).tolist()

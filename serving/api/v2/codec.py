@@ -273,7 +273,9 @@ class RestInferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def _header_and_binary(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
+def _header_and_binary(
+    body: bytes | bytearray, header_length: int | None
+) -> tuple[bytes | bytearray, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
     if header_length < 0 or header_length > len(body):
@@ -284,7 +286,9 @@ def _header_and_binary(body: bytes, header_length: int | None) -> tuple[bytes, m
     return bytes(view[:header_length]), view[header_length:]
 
 
-def parse_infer_request(body: bytes, header_length: int | None, loads: Any) -> RestInferRequest:
+def parse_infer_request(
+    body: bytes | bytearray, header_length: int | None, loads: Any
+) -> RestInferRequest:
     """Decode an infer body (JSON, or JSON header + binary tensor data)."""
     head, binary = _header_and_binary(body, header_length)
     try:

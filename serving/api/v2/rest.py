@@ -43,7 +43,7 @@ def _error(exc: ServingError) -> Response:
     return _json(exc.http_status, {"error": exc.message})
 
 
-def _loads(body: bytes) -> Any:
+def _loads(body: bytes | bytearray) -> Any:
     try:
         return orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError as exc:

@@ -232,3 +232,59 @@ def test_model_ref_reads_version_or_label_and_signature() -> None:
     request.model_spec.version_label = "stable"  # the oneof: replaces the number
     ref = codec.model_ref(request)
     assert (ref.version, ref.label) == (None, "stable")
+
+
+# ------------------------------------------------------------------ limits
+
+
+def test_a_broadcast_past_the_element_limit_is_refused_before_allocating() -> None:
+    request = predict_pb2.PredictRequest()
+    request.inputs["x"].CopyFrom(tensor(types_pb2.DT_FLOAT, [100_000_000, 1], "float_val", [1]))
+    message = _invalid(codec.request_inputs, request.inputs, 1000)
+    assert message == (
+        "tensor parsing error: x (shape [100000000, 1] has 100000000 elements, "
+        "more than the limit of 1000 (--max_tensor_elements))"
+    )
+    # 0 lifts the limit; within it the single value fills the shape.
+    small = tensor(types_pb2.DT_FLOAT, [3, 1], "float_val", [2.5])
+    assert codec.to_ndarray(small, "x", 0).ravel().tolist() == [2.5] * 3
+
+
+def test_outputs_past_the_element_limit_are_resource_exhausted() -> None:
+    with pytest.raises(ServingError) as err:
+        codec.check_output_sizes({"y": np.zeros((10, 10))}, 99)
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.value.message.startswith("Output 'y' is too large to send: shape [10, 10]")
+    codec.check_output_sizes({"y": np.zeros((10, 10))}, 0)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.linspace(-1, 1, 3000, dtype=np.float32),
+        np.linspace(-1, 1, 3000, dtype=np.float64),
+        (np.arange(3000) % 3 == 0),
+        np.arange(3000, dtype=np.float32).view(np.complex64),
+        np.arange(-1500, 1500, dtype=np.int64),
+    ],
+    ids=lambda a: str(a.dtype),
+)
+def test_encoding_from_numpy_writes_the_same_bytes_as_value_by_value(values) -> None:
+    fast = codec.from_ndarray(values.reshape(-1, 3))
+    slow = tensor_pb2.TensorProto(dtype=fast.dtype)
+    slow.tensor_shape.CopyFrom(fast.tensor_shape)
+    field = codec._FIELD[fast.dtype]
+    flat = values.view(values.real.dtype) if values.dtype.kind == "c" else values
+    getattr(slow, field).extend(flat.tolist())
+    assert fast.SerializeToString() == slow.SerializeToString()
+    assert codec.to_ndarray(fast).ravel().tolist() == values.tolist()
+
+
+def test_large_fields_go_through_in_chunks(monkeypatch) -> None:
+    monkeypatch.setattr(codec, "_CHUNK", 4)
+    values = np.arange(-5, 6, dtype=np.int64)
+    proto = codec.from_ndarray(values)
+    assert list(proto.int64_val) == values.tolist()
+    assert codec.to_ndarray(proto).tolist() == values.tolist()
+    half = np.linspace(-2, 2, 11).astype(np.float16)
+    assert codec.to_ndarray(codec.from_ndarray(half)).tolist() == half.tolist()

@@ -227,3 +227,47 @@ def test_reload_config(servers) -> None:
     assert applied == [request.config]
     assert [f[-1] for f in observer.finished] == ["INVALID_ARGUMENT", "OK"]
     assert observer.finished[-1][:3] == ("reload_config", "grpc", None)
+
+
+@pytest.mark.parametrize("data", [b"\xff" * 30, None], ids=["random", "cut"])
+def test_bytes_that_do_not_parse_are_internal_without_a_class_name(servers, data) -> None:
+    from serving.api.grpc.services import _raw_method
+
+    typed = servers[0]
+    if data is None:  # a valid request cut short
+        data = _predict_request([[1.0, 2.0]]).SerializeToString()[:-3]
+    call = _raw_method(PredictionServicer.Predict, predict_pb2.PredictRequest)
+    context = Context()
+    with pytest.raises(Aborted):
+        asyncio.run(call(typed, data, context))
+    assert context.status is not None
+    code, message = context.status
+    assert code == grpc.StatusCode.INTERNAL
+    assert message == f"Failed to parse tensorflow.serving.PredictRequest ({len(data)} bytes)"
+    # A request that parses answers with the serialized response.
+    good = _predict_request([[1.0, 2.0]]).SerializeToString()
+    answer = asyncio.run(call(typed, good, Context()))
+    assert predict_pb2.PredictResponse.FromString(answer).outputs
+
+
+def test_active_calls_count_a_call_from_its_first_byte_to_its_answer(servers) -> None:
+    from serving.api.grpc.services import ActiveCalls, _raw_method
+
+    typed = servers[0]
+    active = ActiveCalls()
+    call = _raw_method(PredictionServicer.Predict, predict_pb2.PredictRequest, active)
+    seen: list[int] = []
+
+    async def run() -> None:
+        task = asyncio.ensure_future(
+            call(typed, _predict_request([[1.0]]).SerializeToString(), Context())
+        )
+        await asyncio.sleep(0)
+        seen.append(active.count)
+        assert not await active.wait_idle(0)  # still running: not idle yet
+        await task
+        seen.append(active.count)
+        assert await active.wait_idle(0)
+
+    asyncio.run(run())
+    assert seen == [1, 0]
