@@ -13,7 +13,7 @@ REST_PORT ?= 8501
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(wildcard protos/*/*/*.proto)
+$(STAMP): pyproject.toml $(wildcard protos/*.proto protos/*/*/*.proto)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[text]'
 	$(BIN)/python -m serving.protogen
@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml $(wildcard protos/*/*/*.proto)
 
 install-test: $(TSTAMP)
 
+# tritonclient (the V2 tests' client) pins protobuf<7 and ml-dtypes<=0.5.4, older
+# than TensorFlow's; it runs on these, and its gRPC stubs are the very
+# descriptors serving/_generated compiles, so it goes in without its pins.
+TRITONCLIENT := tritonclient==2.73.0
+
 $(TSTAMP): $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,text]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps '$(TRITONCLIENT)'
 	@touch $@
 
 models: install
@@ -49,6 +55,7 @@ lint: install-test
 
 bench: install-test loadtools
 	$(BIN)/python -m loadtests $(BENCH_ARGS)
+	$(BIN)/python -m loadtests.v2
 
 clean:
 	rm -rf $(VENV) models serving/_generated .pytest_cache

@@ -75,8 +75,10 @@ def h2load_grpc(
     seconds: float,
     frame_bytes: int,
     pin_cpus: str | None = None,
+    path: str = PREDICT_PATH,
 ) -> LoadResult:
-    """Unary gRPC Predict at `concurrency` outstanding calls for `seconds`.
+    """Unary gRPC calls (Predict, or the method `path` names) at `concurrency`
+    outstanding calls for `seconds`.
 
     Up to 16 HTTP/2 connections, the rest as concurrent streams on them
     (as gRPC clients multiplex); a separate warm-up run comes first because
@@ -93,7 +95,7 @@ def h2load_grpc(
         *H2LOAD_GRPC,
         str(body),
     ]
-    target = url.rstrip("/") + PREDICT_PATH
+    target = url.rstrip("/") + path
     subprocess.run([*base, f"-D{max(100, int(seconds * 250))}ms", target], capture_output=True)
     with tempfile.NamedTemporaryFile(suffix=".tsv") as log:
         out = _run([*base, f"-D{int(seconds * 1000)}ms", f"--log-file={log.name}", target])
@@ -101,7 +103,9 @@ def h2load_grpc(
     return _h2load_result(out, durations, frame_bytes)
 
 
-def h2load_count(url: str, body: Path, requests: int, frame_bytes: int) -> LoadResult:
+def h2load_count(
+    url: str, body: Path, requests: int, frame_bytes: int, path: str = PREDICT_PATH
+) -> LoadResult:
     """A fixed number of calls (for checks, not measurements)."""
     cmd = [
         "h2load",
@@ -110,7 +114,7 @@ def h2load_count(url: str, body: Path, requests: int, frame_bytes: int) -> LoadR
         f"-c{min(requests, 4)}",
         *H2LOAD_GRPC,
         str(body),
-        url.rstrip("/") + PREDICT_PATH,
+        url.rstrip("/") + path,
     ]
     return _h2load_result(_run(cmd), np.zeros(0), frame_bytes)
 

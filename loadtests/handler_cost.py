@@ -8,7 +8,9 @@ on one event loop and batch of one:
 - `grpc`: the gRPC Predict handler, a PredictRequest in, a PredictResponse out;
 - `rest`: the REST predict handler, a JSON body in, a JSON body out;
 - `rest+http`: the same through the HTTP server's dispatch (its routing and,
-  where it keeps one, its per-request time limit), still without a socket.
+  where it keeps one, its per-request time limit), still without a socket;
+- `v2-grpc`, `v2-rest`, `v2-rest+http`: the same for the Open Inference
+  Protocol (ModelInfer with raw input contents, `/v2/models/hp2/infer` JSON).
 
 Figures are CPU time per call (best and median of the rounds), which a busy
 machine disturbs far less than wall time.
@@ -90,6 +92,19 @@ def _build(server):
     return grpc_api, rest_api, http
 
 
+def _build_v2(server, http):
+    from serving.api.v2.rest import V2Rest
+    from serving.api.v2.servicer import V2Servicer
+    from serving.protos import v2_pb2
+
+    v2_rest = V2Rest(server.v2, 30.0)
+    v2_rest.mount(http)
+    request = v2_pb2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 1])
+    request.raw_input_contents.append(np.array([[1.0]], np.float32).tobytes())
+    return V2Servicer(server.v2), v2_rest, request
+
+
 async def measure(rounds: int, number: int) -> dict[str, float]:
     from serving.api.rest.http import Request
     from serving.examples import write_half_plus_two
@@ -109,6 +124,11 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
             await asyncio.sleep(0.05)
         try:
             grpc_api, rest_api, http = _build(server)
+            v2_grpc, v2_rest, v2_request = _build_v2(server, http)
+            v2_body = json.dumps(
+                {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+            ).encode()
+            v2_http_request = Request("POST", f"/v2/models/{MODEL}/infer", "", {}, v2_body)
             request, context = _request(), _Context()
             body = json.dumps({"instances": [[1.0]]}).encode()
             http_request = Request("POST", f"/v1/models/{MODEL}:predict", "", {}, body)
@@ -132,11 +152,27 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
                 assert response.status == 200, response.body
                 return response
 
+            async def v2_grpc_infer() -> object:
+                return await v2_grpc.ModelInfer(v2_request, context)
+
+            async def v2_rest_infer() -> object:
+                response = await v2_rest.handle(v2_http_request)
+                assert response.status == 200, response.body
+                return response
+
+            async def v2_rest_dispatch() -> object:
+                response = await http.dispatch(v2_http_request)
+                assert response.status == 200, response.body
+                return response
+
             calls = {
                 "model": model,
                 "grpc": grpc_predict,
                 "rest": rest_predict,
                 "rest+http": rest_dispatch,
+                "v2-grpc": v2_grpc_infer,
+                "v2-rest": v2_rest_infer,
+                "v2-rest+http": v2_rest_dispatch,
             }
             results: dict[str, list[float]] = {name: [] for name in calls}
             for _ in range(rounds):  # interleaved, so machine noise hits each alike
@@ -159,10 +195,11 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(measure(args.rounds, args.number))
     floor = result["model"]
-    print(f"{'path':<10}{'best µs':>10}{'median µs':>12}{'over model':>12}")
-    for name in ("model", "grpc", "rest", "rest+http"):
+    print(f"{'path':<14}{'best µs':>10}{'median µs':>12}{'over model':>12}")
+    names = ("model", "grpc", "rest", "rest+http", "v2-grpc", "v2-rest", "v2-rest+http")
+    for name in names:
         best, median = result[name], result[f"{name}_median"]
-        print(f"{name:<10}{best:>10.1f}{median:>12.1f}{best - floor:>12.1f}")
+        print(f"{name:<14}{best:>10.1f}{median:>12.1f}{best - floor:>12.1f}")
 
 
 if __name__ == "__main__":

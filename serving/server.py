@@ -21,6 +21,9 @@ from serving.api.grpc.services import (
 )
 from serving.api.rest import start_rest
 from serving.api.rest.http import Handler, HttpServer, Request, Response
+from serving.api.v2.rest import V2Rest
+from serving.api.v2.service import V2Service
+from serving.api.v2.servicer import add_v2_service
 from serving.batching import BatchingRunner, runner_from_flags
 from serving.config.model_config import ServerModels, load_file, single_model
 from serving.config.text_proto import read_text_proto
@@ -45,6 +48,7 @@ from serving.observability.http import HttpResponse
 from serving.observability.metrics import StorageHooks
 from serving.observability.profiler import ProfilerProxy, add_profiler_service
 from serving.protos import SSLConfig
+from serving.repository import ModelRepository
 from serving.servables.base import Servable
 from serving.servables.loader import load_placed
 from serving.servables.ops import OpLibraryError, load_op_libraries
@@ -117,6 +121,25 @@ def placement_plan(options: ServerOptions, base: SessionOptions) -> PlacementPla
         return PlacementPlan.build(config, host, base)
     except DeviceConfigError as exc:
         raise StartupError(str(exc)) from None
+
+
+def _repository_read_only(options: ServerOptions) -> str:
+    """Why V2's repository extension may not change models ("" when it may)."""
+    if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
+        return (
+            "the model repository is read-only: this server polls "
+            f"--model_config_file={options.model_config_file}, which decides the models it serves"
+        )
+    return ""
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("model-server")
+    except PackageNotFoundError:
+        return ""
 
 
 def _rest_handler(endpoint: Callable[[], HttpResponse]) -> Handler:
@@ -203,6 +226,12 @@ class ModelServer:
             method_name_check=options.enable_signature_method_name_check,
         )
         self.obs.bind(lambda: self.core.models, self.manager)
+        self.v2 = V2Service(
+            self.service,
+            ready=lambda: self.obs.health.state()[0] == "ready",
+            repository=ModelRepository(self.core, read_only_reason=_repository_read_only(options)),
+            version=_package_version(),
+        )
         self._grpc: grpc.aio.Server | None = None
         self.grpc_calls = ActiveCalls()
         self._profiler: ProfilerProxy | None = None
@@ -272,6 +301,7 @@ class ModelServer:
         )
         model = ModelServicer(self.service)
         add_services(server, prediction, model, self.grpc_calls)
+        add_v2_service(server, self.v2)
         self.obs.add_grpc_services(server)
         if opts.enable_profiler:
             self._profiler = add_profiler_service(server)
@@ -301,6 +331,8 @@ class ModelServer:
         """TF Serving's REST API on --rest_api_port, on this same event loop."""
         self.http = await start_rest(self.options, self.service, self.observer)
         if self.http is not None:
+            timeout_s = self.options.rest_api_timeout_in_ms / 1000.0 or None
+            V2Rest(self.v2, timeout_s).mount(self.http)
             # Probes and the metrics page share the REST port (as in TF Serving).
             for path, endpoint in self.obs.endpoints.routes().items():
                 self.http.add_route("GET", path, _rest_handler(endpoint))

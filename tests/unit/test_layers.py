@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("storage", ("serving.storage",)),
     ("sources", ("serving.sources",)),
     ("manager", ("serving.manager",)),
-    ("core", ("serving.core",)),
+    ("core", ("serving.core", "serving.repository")),
     ("servables", ("serving.servables", "serving.devices")),
     ("runners", ("serving.inference.runner", "serving.batching")),
     ("inference", ("serving.inference",)),

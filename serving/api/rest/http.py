@@ -6,7 +6,7 @@ flow control and graceful shutdown. This module adds only what TF Serving's
 REST API needs on top, with no web framework in between:
 
 - the seam to the handlers: `Request` in, `Response` out (`Handler`);
-- routing: exact routes (`add_route`) plus one prefix handler (the `/v1` API),
+- routing: exact routes (`add_route`) plus prefix handlers (the `/v1` and `/v2` APIs),
   anything else a 404 JSON error;
 - the body limit (`--rest_api_max_request_bytes`): an over-limit
   `Content-Length` is answered 413 before any of the body is read, a chunked
@@ -131,7 +131,7 @@ class RestApp:
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
         self.cors = cors
         self._routes: dict[tuple[str, str], Handler] = {}
-        self._prefix: tuple[str, Handler] | None = None
+        self._prefixes: list[tuple[str, Handler]] = []
 
     # ------------------------------------------------------------------ routing
 
@@ -139,15 +139,23 @@ class RestApp:
         self._routes[(method.upper(), path)] = handler
 
     def set_prefix_handler(self, prefix: str, handler: Handler) -> None:
-        """Every path starting with `prefix` (case-insensitive) not in the routes."""
-        self._prefix = (prefix.lower(), handler)
+        """Every path starting with `prefix` (case-insensitive) not in the routes.
+
+        One handler per prefix (`/v1/`, `/v2/`); setting a prefix again replaces it.
+        """
+        prefix = prefix.lower()
+        self._prefixes = [(p, h) for p, h in self._prefixes if p != prefix]
+        self._prefixes.append((prefix, handler))
 
     def _resolve(self, method: str, path: str) -> Handler | None:
         handler = self._routes.get((method, path))
         if handler is None and method == "HEAD":
             handler = self._routes.get(("GET", path))
-        if handler is None and self._prefix and path.lower().startswith(self._prefix[0]):
-            handler = self._prefix[1]
+        if handler is None:
+            lowered = path.lower()
+            for prefix, candidate in self._prefixes:
+                if lowered.startswith(prefix):
+                    return candidate
         return handler
 
     async def dispatch(self, request: Request) -> Response:
