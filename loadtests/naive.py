@@ -35,11 +35,18 @@ async def serve(port: int, model_dir: str, input_alias: str, output_alias: str) 
             items = [await queue.get()]
             while not queue.empty():
                 items.append(queue.get_nowait())
-            rows = np.concatenate([x for x, _ in items])
-            out = await loop.run_in_executor(None, run, rows)
+            try:
+                rows = np.concatenate([x for x, _ in items])
+                out = await loop.run_in_executor(None, run, rows)
+            except Exception as exc:  # a bad request fails its batch, not the server
+                out = exc
             start = 0
             for x, future in items:
-                if not future.done():  # its caller went away
+                if future.done():  # its caller went away
+                    pass
+                elif isinstance(out, Exception):
+                    future.set_exception(out)
+                else:
                     future.set_result(out[start : start + len(x)])
                 start += len(x)
 
