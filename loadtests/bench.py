@@ -18,11 +18,14 @@ from loadtests import ceilings, floor, generators, memory, models
 from loadtests.report import Report, Run, plot, render, targets
 from loadtests.servers import OBJECT_GRAPH_LOG, Client, LocalServer, models_config
 
+LIVE_PATH = "/v1/health/live"  # the REST server's fixed-body handler
+
 REPO = Path(__file__).resolve().parent.parent
 
+# The configuration the ratios are specified for: no batch waits for a timeout.
 DEFAULT_BATCHING = """\
-max_batch_size { value: 64 }
-batch_timeout_micros { value: 1000 }
+max_batch_size { value: 128 }
+batch_timeout_micros { value: 0 }
 max_enqueued_batches { value: 64 }
 num_batch_threads { value: %d }
 """
@@ -45,6 +48,7 @@ class Bench:
         self.models = models.bench_models(shape)
         self.servers: dict[str, LocalServer] = {}
         self.notes: list[str] = []
+        self.naive: ceilings.PeerServer | None = None
         self.started = time.monotonic()
 
     def say(self, message: str) -> None:
@@ -104,6 +108,12 @@ class Bench:
                 self.start_servers()
             self.write_inputs()
             if not args.remote:
+                # Its TensorFlow import overlaps the memory measurement.
+                self.naive = ceilings.naive_server(
+                    self.models[models.HALF_PLUS_TWO],
+                    self.paths[models.HALF_PLUS_TWO] / "1",
+                    self.work,
+                )
                 self.say("measuring memory and new-version latency ...")
                 memory_result = memory.measure(
                     self.servers["memory"],
@@ -136,6 +146,8 @@ class Bench:
             ceiling = self.measure_ceilings(seconds)
         finally:
             self.stop(*self.servers)
+            if self.naive is not None:
+                self.naive.stop()
         report = Report(
             meta=self.meta(), floors=floors, runs=runs, memory=memory_result, ceilings=ceiling
         )
@@ -144,7 +156,8 @@ class Bench:
         return report
 
     def measure_ceilings(self, seconds: float) -> ceilings.Ceilings:
-        """half_plus_two through the Runner in-process, and the gRPC stack answering alone."""
+        """half_plus_two through the Runner in-process; the gRPC stack answering alone;
+        the naive peer; the REST server's fixed-body handler."""
         model = self.models[models.HALF_PLUS_TWO]
         version_dir = self.paths[models.HALF_PLUS_TWO] / "1"
         top = max(self.args.concurrency)
@@ -152,7 +165,7 @@ class Bench:
             ceilings.runner_rate(model, version_dir, seconds, top, params)
             for params in (None, self.batching_parameters())
         ]
-        echo_runs = []
+        result = ceilings.Ceilings(model=model.name, runner=runner, grpc_echo=[])
         target = next((t for t, _rest in self.endpoints().values() if t), None)
         if target:
             client = Client(target)
@@ -160,23 +173,56 @@ class Bench:
                 response, _ = client.predict(model)
             finally:
                 client.close()
-            body = response.SerializeToString()
-            echo = ceilings.EchoServer(body, self.work)
+            echo = ceilings.echo_server(response.SerializeToString(), self.work)
             try:
                 echo.wait()
-                for conc in self.args.concurrency:
-                    result = generators.h2load_grpc(
-                        f"http://{echo.grpc_target}",
-                        self.work / f"{model.name}.grpc",
-                        conc,
-                        self.args.duration,
-                        5 + len(body),
-                        self.args.pin_client,
-                    )
-                    echo_runs.append(ceilings.EchoRun(concurrency=conc, result=result))
+                result.grpc_echo = self.grpc_runs(echo, 5 + response.ByteSize())
             finally:
                 echo.stop()
-        return ceilings.Ceilings(model=model.name, runner=runner, grpc_echo=echo_runs)
+        naive = self.naive
+        if naive is not None:
+            try:
+                naive.wait()
+                client = Client(naive.grpc_target)
+                try:
+                    response, out = client.predict(model)
+                finally:
+                    client.close()
+                if not model.expected(out):
+                    raise AssertionError(f"naive server: wrong answer {out}")
+                result.naive = self.grpc_runs(naive, 5 + response.ByteSize())
+            finally:
+                naive.stop()
+                self.naive = None
+        rest = next((r for _t, r in self.endpoints().values() if r), None)
+        if rest:
+            pid = self.servers["off"].proc.pid if "off" in self.servers else None
+            for conc in self.args.concurrency:
+                cpu = ceilings.cpu_seconds(pid) if pid else 0.0
+                r = generators.wrk_http(
+                    f"{rest}{LIVE_PATH}", None, conc, self.args.duration, self.args.pin_client
+                )
+                used = ceilings.per_1k(ceilings.cpu_seconds(pid) - cpu, r.requests) if pid else None
+                result.rest_fixed.append(
+                    ceilings.EchoRun(concurrency=conc, result=r, cpu_ms_per_1k=used)
+                )
+        return result
+
+    def grpc_runs(self, server: ceilings.PeerServer, frame: int) -> list[ceilings.EchoRun]:
+        runs = []
+        for conc in self.args.concurrency:
+            cpu = ceilings.cpu_seconds(server.proc.pid)
+            r = generators.h2load_grpc(
+                f"http://{server.grpc_target}",
+                self.work / f"{models.HALF_PLUS_TWO}.grpc",
+                conc,
+                self.args.duration,
+                frame,
+                self.args.pin_client,
+            )
+            used = ceilings.per_1k(ceilings.cpu_seconds(server.proc.pid) - cpu, r.requests)
+            runs.append(ceilings.EchoRun(concurrency=conc, result=r, cpu_ms_per_1k=used))
+        return runs
 
     def endpoints(self) -> dict[str, tuple[str | None, str | None]]:
         """batching label → (gRPC target, REST base URL)."""
@@ -199,6 +245,8 @@ class Bench:
                     for label, (target, rest) in endpoints.items():
                         run = Run(model=name, protocol=protocol, batching=label, concurrency=conc)
                         runs.append(run)
+                        server = self.servers.get(label)
+                        cpu = ceilings.cpu_seconds(server.proc.pid) if server else 0.0
                         if protocol == "grpc" and not target:
                             run.skipped = "no gRPC target"
                         elif protocol == "rest" and not rest:
@@ -221,6 +269,10 @@ class Bench:
                                 args.pin_client,
                             )
                         r = run.result
+                        if server and r:
+                            run.cpu_ms_per_1k = ceilings.per_1k(
+                                ceilings.cpu_seconds(server.proc.pid) - cpu, r.requests
+                            )
                         self.say(
                             f"  {name:<14}{protocol:<5}{label:<7}c{conc:<4}"
                             + (

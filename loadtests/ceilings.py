@@ -5,9 +5,15 @@
   with the batching-on server's parameters).
 - The gRPC stack without a model: `loadtests.echo` under the same h2load load
   as the real server.
+- A peer: `loadtests.naive`, a hand-written batch-queue server on the same
+  SavedModel, which the server should beat.
+- The HTTP stack without a model: the REST server's own fixed-body handler
+  (`/v1/health/live`) under the same wrk load as REST predict.
 
 When the server over gRPC sits far below the first and near the second, the
-gRPC stack, not the model or batching, is what limits it.
+gRPC stack, not the model or batching, is what limits it. Every run also
+records the CPU time the serving process spent per 1,000 requests (from
+/proc), which a shared machine disturbs less than throughput.
 """
 
 from __future__ import annotations
@@ -36,12 +42,25 @@ class RunnerRate(BaseModel):
 class EchoRun(BaseModel):
     concurrency: int
     result: LoadResult
+    cpu_ms_per_1k: float | None = None  # serving process CPU per 1,000 requests
 
 
 class Ceilings(BaseModel):
     model: str
     runner: list[RunnerRate]
     grpc_echo: list[EchoRun]  # h2load against the echo server
+    naive: list[EchoRun] = []  # h2load against the naive batch-queue server
+    rest_fixed: list[EchoRun] = []  # wrk against the REST server's fixed-body handler
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def per_1k(cpu_s: float, requests: int) -> float | None:
+    return cpu_s * 1e6 / requests if requests else None
 
 
 def runner_rate(
@@ -97,20 +116,19 @@ def runner_rate(
     return RunnerRate(batching=label, concurrency=concurrency, rps=rps)
 
 
-class EchoServer:
-    """`python -m loadtests.echo` on a free loopback port."""
+class PeerServer:
+    """`python -m loadtests.<module> --port=N ...` on a free loopback port."""
 
-    def __init__(self, response: bytes, work: Path) -> None:
+    def __init__(self, module: str, args: list[str], work: Path) -> None:
         self.port = free_port()
-        (work / "echo-response.bin").write_bytes(response)
-        self.log_path = work / "logs" / "server-echo.log"
+        self.log_path = work / "logs" / f"server-{module}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loadtests.echo", f"--port={self.port}",
-             f"--response={work / 'echo-response.bin'}"],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", f"loadtests.{module}", f"--port={self.port}", *args],
+            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
     @property
@@ -122,7 +140,7 @@ class EchoServer:
         while not port_open("127.0.0.1", self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"echo server did not start:\n{self.log_path.read_text()}")
+                raise RuntimeError(f"peer server did not start:\n{self.log_path.read_text()}")
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -134,3 +152,15 @@ class EchoServer:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def echo_server(response: bytes, work: Path) -> PeerServer:
+    """The gRPC stack alone, answering `response` to every Predict."""
+    (work / "echo-response.bin").write_bytes(response)
+    return PeerServer("echo", [f"--response={work / 'echo-response.bin'}"], work)
+
+
+def naive_server(model: BenchModel, version_dir: Path, work: Path) -> PeerServer:
+    """The hand-written batch-queue peer on the same SavedModel."""
+    args = [f"--model={version_dir}", f"--input={model.input_name}"]
+    return PeerServer("naive", [*args, f"--output={model.output_name}"], work)

@@ -138,10 +138,12 @@ def _h2load_result(out: str, durations_us: np.ndarray, frame_bytes: int) -> Load
 
 
 def wrk_http(
-    url: str, body: Path, concurrency: int, seconds: float, pin_cpus: str | None = None
+    url: str, body: Path | None, concurrency: int, seconds: float, pin_cpus: str | None = None
 ) -> LoadResult:
-    """REST POSTs from `concurrency` keep-alive connections for `seconds` (one wrk thread)."""
-    env = {**os.environ, "BENCH_BODY_FILE": str(body)}
+    """REST POSTs of `body` (GETs when None) from `concurrency` keep-alive connections
+    for `seconds` (one wrk thread)."""
+    env = {**os.environ, "BENCH_METHOD": "GET"} if body is None else {}
+    env = {**os.environ, **env, "BENCH_BODY_FILE": str(body or "")}
     base = [*_prefix(pin_cpus), "wrk", "-t1", f"-c{concurrency}", "-s", str(LUA_SCRIPT)]
     if seconds >= 2:  # wrk's durations are whole seconds
         warm = max(1, round(seconds / 4))

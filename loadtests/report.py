@@ -21,6 +21,7 @@ class Run(BaseModel):
     concurrency: int
     result: LoadResult | None = None
     skipped: str = ""  # why there is no result
+    cpu_ms_per_1k: float | None = None  # server process CPU per 1,000 requests (local only)
 
 
 class Target(BaseModel):
@@ -86,6 +87,7 @@ def targets(report: Report) -> list[Target]:
         "≥ 2x",
         on.rps >= 2 * off.rps if on and off else None,
     )
+    out.extend(stack_targets(report, top))
     cnn = report.floors.get(CNN)
     cnn_on = find(runs, CNN, "grpc", "on", top)
     if cnn:
@@ -125,6 +127,72 @@ def targets(report: Report) -> list[Target]:
     return out
 
 
+def _ceiling(runs: list, conc: int) -> LoadResult | None:
+    return next(
+        (
+            e.result
+            for e in runs
+            if e.concurrency == conc and e.result.requests and not e.result.errors
+        ),
+        None,
+    )
+
+
+def stack_targets(report: Report, top: int) -> list[Target]:
+    """The server against its own protocol stacks and a hand-written peer, same run."""
+    c = report.ceilings
+    if c is None:
+        return []
+    out: list[Target] = []
+    runs = report.runs
+
+    def ratio(name: str, ours: LoadResult | None, base: LoadResult | None, need: float) -> None:
+        out.append(
+            Target(
+                name=name,
+                measured=f"{ours.rps:.0f} / {base.rps:.0f} req/s = {ours.rps / base.rps:.2f}x"
+                if ours and base and base.rps
+                else "n/a",
+                required=f"≥ {need:g}x",
+                met=ours.rps >= need * base.rps if ours and base and base.rps else None,
+            )
+        )
+
+    echo = _ceiling(c.grpc_echo, top)
+    on = find(runs, HALF_PLUS_TWO, "grpc", "on", top)
+    off = find(runs, HALF_PLUS_TWO, "grpc", "off", top)
+    bare = "the bare grpc.aio ceiling"
+    ratio(f"gRPC half_plus_two c{top} batching on ≥ 0.6x {bare}", on, echo, 0.6)
+    ratio(f"gRPC half_plus_two c{top} batching off ≥ 0.5x {bare}", off, echo, 0.5)
+    ratio(
+        f"gRPC half_plus_two c{top} batching on ≥ 1.3x the naive batch-queue server",
+        on,
+        _ceiling(c.naive, top),
+        1.3,
+    )
+    echo1 = _ceiling(c.grpc_echo, 1)
+    for label in ("on", "off"):
+        r = find(runs, HALF_PLUS_TWO, "grpc", label, 1)
+        out.append(
+            Target(
+                name=f"gRPC half_plus_two c1 mean, batching {label} ≤ the ceiling's + 120 µs",
+                measured=f"{r.mean_ms * 1e3:.0f} µs" if r else "n/a",
+                required=f"≤ {echo1.mean_ms * 1e3 + 120:.0f} µs" if echo1 else "n/a",
+                met=r.mean_ms <= echo1.mean_ms + 0.12 if r and echo1 else None,
+            )
+        )
+    for label in ("off", "on"):
+        if find(runs, HALF_PLUS_TWO, "rest", label, top) or label == "off":
+            ratio(
+                f"REST predict c{top} batching {label} ≥ 0.35x a fixed-body handler "
+                "on the same HTTP server",
+                find(runs, HALF_PLUS_TWO, "rest", label, top),
+                _ceiling(c.rest_fixed, top),
+                0.35,
+            )
+    return out
+
+
 def _fmt(x: float, digits: int = 2) -> str:
     return "-" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
@@ -150,16 +218,21 @@ def render(report: Report) -> str:
                 f"  in-process through the Runner, c{r.concurrency}, batching {r.batching}:"
                 f" {r.rps:.0f} req/s"
             )
-        for e in c.grpc_echo:
-            lines.append(
-                f"  gRPC stack alone (echo server, no model), c{e.concurrency}:"
-                f" {e.result.rps:.0f} req/s, p99 {_fmt(e.result.p99_ms)} ms,"
-                f" errors {e.result.errors}"
-            )
+        for title, peer in (
+            ("gRPC stack alone (bare grpc.aio, fixed PredictResponse)", c.grpc_echo),
+            ("naive batch-queue server (peer)", c.naive),
+            ("HTTP stack alone (REST server's fixed-body handler)", c.rest_fixed),
+        ):
+            for e in peer:
+                lines.append(
+                    f"  {title}, c{e.concurrency}: {e.result.rps:.0f} req/s,"
+                    f" mean {_fmt(e.result.mean_ms * 1e3, 0)} µs, p99 {_fmt(e.result.p99_ms)} ms,"
+                    f" CPU {_fmt(e.cpu_ms_per_1k, 0)} ms/1k req, errors {e.result.errors}"
+                )
     lines.append("")
     lines.append(
         f"  {'model':<14}{'proto':<6}{'batch':<7}{'conc':>5}{'req/s':>10}{'p50 ms':>9}"
-        f"{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'errors':>8}"
+        f"{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'errors':>8}{'CPU ms/1k':>11}"
     )
     for run in report.runs:
         head = f"  {run.model:<14}{run.protocol:<6}{run.batching:<7}{run.concurrency:>5}"
@@ -169,7 +242,7 @@ def render(report: Report) -> str:
             continue
         lines.append(
             f"{head}{r.rps:>10.0f}{_fmt(r.p50_ms):>9}{_fmt(r.p90_ms):>9}{_fmt(r.p99_ms):>9}"
-            f"{_fmt(r.mean_ms):>9}{r.errors:>8}"
+            f"{_fmt(r.mean_ms):>9}{r.errors:>8}{_fmt(run.cpu_ms_per_1k, 0):>11}"
         )
     if report.memory:
         m = report.memory

@@ -1,9 +1,13 @@
 -- wrk script: POST the body in $BENCH_BODY_FILE, print one JSON summary line.
-local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
+-- With BENCH_METHOD=GET (and no body file) it GETs instead.
+local method = os.getenv("BENCH_METHOD") or "POST"
+wrk.method = method
+if method == "POST" then
+  local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
+  wrk.body = f:read("*a")
+  f:close()
+  wrk.headers["Content-Type"] = "application/json"
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors

@@ -98,6 +98,8 @@ class BatchingRunner:
         )
         self._lock = threading.Lock()
         self._wake_pending = False
+        # Fast queues that got requests in this loop iteration (drained inline).
+        self._inline: list[BatchQueue] = []
 
     def prepare(self, servable: Servable) -> None:
         """At load time: pick the servable's batching options (per-model file if enabled).
@@ -145,6 +147,8 @@ class BatchingRunner:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._scheduler.submit(queue, Task(inputs, rows, future))
+        if queue.inline and queue not in self._inline:
+            self._inline.append(queue)
         if not self._wake_pending:
             # One wake-up per loop iteration, after every request it carries.
             self._wake_pending = True
@@ -153,6 +157,9 @@ class BatchingRunner:
 
     def _wake(self) -> None:
         self._wake_pending = False
+        if self._inline:
+            queues, self._inline = self._inline, []
+            self._scheduler.run_inline(queues)
         self._scheduler.wake()
 
     def close(self) -> None:

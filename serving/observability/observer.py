@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,12 +53,23 @@ class Call:
     reset: contextvars.Token | None = None
 
 
+# version label, signature label, run_duration.observe, TF Serving's runtime
+# latency labels, its example-count labels.
+_RunBound = tuple[str, str, Callable[[float], None], tuple[str, str, str] | None, tuple[str] | None]
+
 _current: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
     "model_server_call", default=None
 )
 
 
 _OK = grpc.StatusCode.OK
+# requests.inc, TF Serving's request_count labels, duration.observe, its latency labels.
+_Bound = tuple[
+    Callable[[], None],
+    tuple[str, str] | None,
+    Callable[[float], None] | None,
+    tuple[str, str, str] | None,
+]
 _CODE_NAMES = {code: code.name for code in grpc.StatusCode}  # Enum.name is a slow property
 _ENTRYPOINTS = {"grpc": "GRPC", "rest": "REST"}  # TF Serving's entrypoint label
 
@@ -78,6 +90,9 @@ class RequestObserver:
         for protocol in _ENTRYPOINTS:
             self._count_protocol(protocol)
         self._idle: asyncio.Event | None = None  # only while the drain waits
+        # Per outcome (model, version, signature, api, protocol, code): what
+        # `finish` records, pre-bound. Bounded like the label sets themselves.
+        self._bound: dict[tuple, _Bound] = {}
         # Set by the drain: new requests are refused (UNAVAILABLE / HTTP 503).
         self.draining = False
 
@@ -129,17 +144,40 @@ class RequestObserver:
         model, api = call.model, call.api
         if not model and api != "reload_config":
             return  # unknown or missing model name: no per-model series
+        key = (model, call.version, call.signature, api, call.protocol, code)
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = self._bound[key] = self._bind(key)
+        inc, tfs_count, duration, tfs_latency = bound
+        inc()
+        m = self._metrics
+        if tfs_count is not None:
+            m.tfs_request_count.inc(tfs_count)
+        if duration is not None:
+            duration(elapsed)
+            if tfs_latency is not None:
+                m.tfs_request_latency.observe(tfs_latency, elapsed * 1e6)
+
+    def _bind(self, key: tuple[str, str, str, str, str, grpc.StatusCode]) -> _Bound:
+        """Everything `finish` records for one outcome, resolved once (labels
+        validated, children looked up, TF Serving's label tuples built)."""
+        model, version, signature, api, protocol, code = key
         m = self._metrics
         code_name = _CODE_NAMES[code]
-        m.c_requests(model, call.version, call.signature, api, call.protocol, code_name).inc()
         tfs_api = TFS_API.get(api)
-        if tfs_api is not None:
-            m.tfs_request_count.inc((model, code_name))
+        duration = None
+        tfs_latency = None
         if code is _OK:
-            m.c_request_duration(model, api, call.protocol).observe(elapsed)
+            duration = m.c_request_duration(model, api, protocol).observe
             if tfs_api is not None:
-                entrypoint = _ENTRYPOINTS.get(call.protocol) or call.protocol.upper()
-                m.tfs_request_latency.observe((model, tfs_api, entrypoint), elapsed * 1e6)
+                entrypoint = _ENTRYPOINTS.get(protocol) or protocol.upper()
+                tfs_latency = (model, tfs_api, entrypoint)
+        return (
+            m.c_requests(model, version, signature, api, protocol, code_name).inc,
+            (model, code_name) if tfs_api is not None else None,
+            duration,
+            tfs_latency,
+        )
 
     async def wait_idle(self, timeout: float) -> bool:
         """Until no request is in flight (True), or `timeout` seconds (False)."""
@@ -168,6 +206,22 @@ class ObservedRunner:
     def __init__(self, runner: Runner, metrics: Metrics) -> None:
         self.inner = runner
         self._metrics = metrics
+        # servable → (signature key, api) → what `run` records, pre-bound.
+        self._bound: weakref.WeakKeyDictionary[Servable, dict[tuple[str, str], _RunBound]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _bind(self, servable: Servable, signature: Signature, api: str) -> _RunBound:
+        sig = signature_label(signature)
+        version = str(servable.version)
+        tfs_api = TFS_API.get(api) or ("MultiInference" if api == "multi_inference" else "")
+        return (
+            version,
+            sig,
+            self._metrics.c_run_duration(servable.name, version, sig).observe,
+            (servable.name, tfs_api, "TF1") if tfs_api else None,
+            (servable.name,) if api in _EXAMPLE_APIS else None,
+        )
 
     async def run(
         self,
@@ -177,23 +231,28 @@ class ObservedRunner:
         outputs: Sequence[str],
     ) -> dict[str, np.ndarray]:
         call = _current.get()
-        sig = signature_label(signature)
-        version = str(servable.version)
+        api = call.api if call is not None else ""
+        per_servable = self._bound.get(servable)
+        if per_servable is None:
+            per_servable = self._bound.setdefault(servable, {})
+        key = (signature.key, api)
+        bound = per_servable.get(key)
+        if bound is None:
+            bound = per_servable[key] = self._bind(servable, signature, api)
+        version, sig, observe, tfs_key, examples_key = bound
         if call is not None:
             call.version, call.signature = version, sig
         started = time.perf_counter()
         result = await self.inner.run(servable, signature, inputs, outputs)
         elapsed = time.perf_counter() - started
+        observe(elapsed)
         m = self._metrics
-        m.c_run_duration(servable.name, version, sig).observe(elapsed)
-        api = call.api if call is not None else ""
-        tfs_api = TFS_API.get(api) or ("MultiInference" if api == "multi_inference" else "")
-        if tfs_api:
-            m.tfs_runtime_latency.observe((servable.name, tfs_api, "TF1"), elapsed * 1e6)
-        if api in _EXAMPLE_APIS and len(inputs) == 1:
+        if tfs_key is not None:
+            m.tfs_runtime_latency.observe(tfs_key, elapsed * 1e6)
+        if examples_key is not None and len(inputs) == 1:
             rows = len(next(iter(inputs.values())))
-            m.tfs_example_counts.observe((servable.name,), rows)
-            m.tfs_example_total.inc((servable.name,), rows)
+            m.tfs_example_counts.observe(examples_key, rows)
+            m.tfs_example_total.inc(examples_key, rows)
         return result
 
     def __getattr__(self, name: str) -> Any:

@@ -86,6 +86,25 @@ def test_ceilings_runner_and_grpc_stack_alone(quick_bench):
         assert echo["result"]["requests"] > 0 and echo["result"]["errors"] == 0, echo
     assert "gRPC stack alone" in stdout
     assert not any("batching" in n for n in report["meta"]["notes"])
+    # The naive batch-queue peer and the HTTP stack's fixed-body handler, same run.
+    for peer in ("naive", "rest_fixed"):
+        runs = ceilings[peer]
+        assert [r["concurrency"] for r in runs] == report["meta"]["concurrency"], peer
+        for run in runs:
+            assert run["result"]["requests"] > 0 and run["result"]["errors"] == 0, run
+            assert run["cpu_ms_per_1k"] > 0, run
+
+
+def test_ratios_against_the_stacks_and_the_peer_and_cpu_per_request(quick_bench):
+    _, report, stdout = quick_bench
+    targets = {t["name"]: t for t in report["targets"]}
+    wanted = ("bare grpc.aio ceiling", "naive batch-queue server", "fixed-body handler")
+    for words in wanted:
+        found = [t for name, t in targets.items() if words in name]
+        assert found and all(t["met"] is not None for t in found), words
+    for run in report["runs"]:
+        assert run["cpu_ms_per_1k"] > 0, run  # from /proc, every local run
+    assert "CPU ms/1k" in stdout
 
 
 def test_report_table_targets_and_plot(quick_bench):
