@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 PREDICT = ("tensorflow.serving.PredictionService", "Predict")
 
 
-async def serve(port: int, response: bytes) -> None:
+async def start_predict_server(port: int, predict: Callable[..., Awaitable[bytes]]) -> Any:
+    """A started grpc.aio server on loopback whose only method is Predict (shared by the peers)."""
     import grpc
     from tensorflow_serving.apis import predict_pb2
-
-    async def predict(request: predict_pb2.PredictRequest, context: object) -> bytes:
-        return response
 
     handler = grpc.method_handlers_generic_handler(
         PREDICT[0],
@@ -34,6 +34,14 @@ async def serve(port: int, response: bytes) -> None:
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    return server
+
+
+async def serve(port: int, response: bytes) -> None:
+    async def predict(request: object, context: object) -> bytes:
+        return response
+
+    server = await start_predict_server(port, predict)
     print("echo server listening", flush=True)
     await server.wait_for_termination()
 

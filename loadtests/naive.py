@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-PREDICT = ("tensorflow.serving.PredictionService", "Predict")
+from loadtests.echo import start_predict_server
 
 
 async def serve(port: int, model_dir: str, input_alias: str, output_alias: str) -> None:
-    import grpc
     import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
@@ -60,19 +59,8 @@ async def serve(port: int, model_dir: str, input_alias: str, output_alias: str) 
         response.outputs[output_alias].CopyFrom(tf.make_tensor_proto(y))
         return response.SerializeToString()
 
-    handler = grpc.method_handlers_generic_handler(
-        PREDICT[0],
-        {
-            PREDICT[1]: grpc.unary_unary_rpc_method_handler(
-                predict, request_deserializer=predict_pb2.PredictRequest.FromString
-            )
-        },
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{port}")
     task = asyncio.create_task(batcher())
-    await server.start()
+    server = await start_predict_server(port, predict)
     print("naive server listening", flush=True)
     await server.wait_for_termination()
     task.cancel()
