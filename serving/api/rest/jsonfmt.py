@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.api.rest.floatfmt import float_specs
+from serving.api.rest.floatfmt import float_specs, format_scalar
 from serving.errors import invalid_argument
 
 INDENT = "    "
@@ -71,9 +71,21 @@ def _fill(specs: np.ndarray, numbers: list) -> np.ndarray:
     return out.reshape(specs.shape)
 
 
+# Below this many elements, formatting each value in Python beats the vectorised
+# path's fixed NumPy cost (measured with a timeit of both on a one-element answer).
+_SMALL = 64
+
+
 def _numeric_specs(array: np.ndarray) -> tuple[np.ndarray, list] | None:
     """Format pieces + the numbers they consume, for numeric and bool tensors."""
     kind = array.dtype.kind
+    if array.size <= _SMALL and kind in "fiu":
+        double = array.dtype == np.float64
+        flat = array.reshape(-1).tolist()
+        texts = [format_scalar(v, double) for v in flat] if kind == "f" else list(map(str, flat))
+        out = np.empty(len(texts), dtype=object)
+        out[:] = texts
+        return out.reshape(array.shape), []
     if kind == "f" or array.dtype.name == "bfloat16":
         specs, numbers = float_specs(array, array.dtype == np.float64)
         return specs, numbers.tolist()

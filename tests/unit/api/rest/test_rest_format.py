@@ -92,3 +92,18 @@ def test_parse_errors_use_rapidjson_wording() -> None:
             decode.parse_json(body)
         assert err.value.message == message
     assert decode.parse_json(b'{"x": [NaN, -Infinity]}')["x"][1] == float("-inf")
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.float16, np.float32, np.float64, np.int8, np.int64, np.uint64]
+)
+def test_small_tensors_format_exactly_as_the_vectorised_path(dtype, monkeypatch) -> None:
+    values = [0.1, 1 / 3, 2.5, -0.0, 1e-40, 3e38, 123456789.0, float("nan"), float("inf")]
+    if np.dtype(dtype).kind in "iu":
+        values = [0, 1, 127, 2**40, 2**63 - 1] if dtype is not np.int8 else [0, -1, 127, -128]
+    with np.errstate(over="ignore", invalid="ignore"):
+        arrays = [np.array(values, dtype=dtype), np.array(values[0], dtype=dtype)]
+        arrays.append(np.array(values, dtype=dtype).reshape(1, -1))
+    small = [jsonfmt.tensor_texts("y", a).tolist() for a in arrays]
+    monkeypatch.setattr(jsonfmt, "_SMALL", -1)  # every size through the vectorised path
+    assert small == [jsonfmt.tensor_texts("y", a).tolist() for a in arrays]
