@@ -46,6 +46,8 @@ __all__ = ["Observability", "read_monitoring_config"]
 
 # After the last request finished: time to flush responses before cutting streams.
 _FLUSH_SECONDS = 1.0
+# How long the gRPC side must stay idle before the drain stops it.
+_QUIET_SECONDS = 0.25
 
 T = TypeVar("T")
 
@@ -62,6 +64,8 @@ class ServerHandle(Protocol):
 
 class IdleWaiter(Protocol):
     """Calls a protocol adapter holds, including those not yet observed."""
+
+    count: int
 
     async def wait_idle(self, timeout: float) -> bool: ...
 
@@ -228,8 +232,17 @@ class Observability:
         started = time.monotonic()
         finished = await self.observer.wait_idle(grace)
         if grpc_calls is not None:
-            left_s = grace - (time.monotonic() - started)
-            finished = await grpc_calls.wait_idle(left_s) and finished
+            # A call the gRPC core has received is counted only once the event
+            # loop reaches its handler: idleness must last a moment before
+            # stop(), or such a call (likely on a busy host) ends CANCELLED.
+            while True:
+                left_s = grace - (time.monotonic() - started)
+                if not await grpc_calls.wait_idle(left_s):
+                    finished = False
+                    break
+                await asyncio.sleep(max(min(_QUIET_SECONDS, left_s), 0.0))
+                if grpc_calls.count == 0 or time.monotonic() - started >= grace:
+                    break
         if grpc_server is not None:
             # Open health Watch streams would hold stop() for its whole grace
             # period: it gets a moment to send the last responses, then is cut short.
