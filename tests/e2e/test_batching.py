@@ -16,6 +16,7 @@ import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import classification_pb2, regression_pb2
 
+from loadtests.servers import models_config
 from tests.conftest import install
 from tests.harness import ServerProcess, output
 
@@ -65,14 +66,7 @@ def server(testdata: Path, tmp_path_factory) -> ServerProcess:
         (base / "00000123" / "batching_params.pbtxt").write_text(params)
         models[name] = base
     config = root / "models.config"
-    config.write_text(
-        "model_config_list {\n"
-        + "".join(
-            f'  config {{ name: "{n}" base_path: "{p}" model_platform: "tensorflow" }}\n'
-            for n, p in models.items()
-        )
-        + "}\n"
-    )
+    config.write_text(models_config(models))
     params = root / "batching.pbtxt"
     params.write_text(SERVER_WIDE)
     proc = ServerProcess(

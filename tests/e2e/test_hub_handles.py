@@ -16,19 +16,12 @@ import numpy as np
 import pytest
 import requests
 
+from loadtests.servers import models_config
 from serving import examples
 from tests.harness import END, output, wait_for
 from tests.hub_server import hub_server, link, tar_dir, tar_members
 
 X = np.array([[1.0], [4.0]], np.float32)
-
-
-def config_text(models: dict[str, str]) -> str:
-    entries = "".join(
-        f'  config {{ name: "{n}" base_path: "{p}" model_platform: "tensorflow" }}\n'
-        for n, p in models.items()
-    )
-    return f"model_config_list {{\n{entries}}}\n"
 
 
 def test_handles_serve_and_bad_archives_fail_alone(
@@ -58,7 +51,7 @@ def test_handles_serve_and_bad_archives_fail_alone(
             "unknown_scheme": "ftp://127.0.0.1/models/m",
         }
         config = tmp_path / "models.config"
-        config.write_text(config_text(handles))
+        config.write_text(models_config(handles))
         before = {p for p in tmp_path.rglob("*") if cache not in p.parents and p != cache}
         server = start_server(
             f"--model_config_file={config}",
@@ -158,5 +151,5 @@ def test_cache_shared_with_tensorflow_hub(
 
 def write(tmp_path: Path, models: dict[str, str]) -> Path:
     path = tmp_path / "models.config"
-    path.write_text(config_text(models))
+    path.write_text(models_config(models))
     return path

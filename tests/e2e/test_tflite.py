@@ -13,6 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from loadtests.servers import models_config
 from serving import examples
 from tests.harness import END, ServerProcess, output
 from tests.tflite_models import write_converted_model
@@ -32,14 +33,7 @@ SHARED = {
 
 def _config(root: Path, models: dict[str, Path]) -> Path:
     config = root / "models.config"
-    config.write_text(
-        "model_config_list {\n"
-        + "".join(
-            f'  config {{ name: "{n}" base_path: "{p}" model_platform: "tensorflow" }}\n'
-            for n, p in models.items()
-        )
-        + "}\n"
-    )
+    config.write_text(models_config(models))
     return config
 
 
