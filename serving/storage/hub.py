@@ -41,9 +41,9 @@ import uuid
 from collections.abc import Callable
 from typing import IO, cast
 
-from serving.storage import scheme_of
 from serving.storage.archive import ArchiveError, extract_tar, model_root
 from serving.storage.errors import StorageError
+from serving.storage.urls import scheme_of
 
 log = logging.getLogger(__name__)
 
