@@ -738,3 +738,51 @@ def test_kserve_sdk_errors(kserve_run):
         assert error["status"] == status, (key, error)
         assert message in error["message"], (key, error)
 
+
+def test_sigterm_lets_every_accepted_v2_grpc_call_finish_or_answers_unavailable(
+    start_server, tmp_path
+):
+    # SIGTERM right behind a burst of V2 gRPC calls: some are running the slow
+    # model, some the server is still parsing (large ones, off the event loop)
+    # or has received but not yet started. None may end CANCELLED.
+    from serving.protos import v2_pb2, v2_pb2_grpc
+
+    write_slow_model(tmp_path / "slow" / "1")
+    server = start_server(
+        "--model_name=slow", f"--model_base_path={tmp_path / 'slow'}", "--drain_timeout_seconds=15"
+    )
+    server.wait_available("slow")
+
+    def request(rows: int) -> v2_pb2.ModelInferRequest:
+        infer = v2_pb2.ModelInferRequest(model_name="slow")
+        infer.inputs.add(name="x", datatype="FP32", shape=[rows, 1])
+        infer.inputs.add(name="delay", datatype="FP32", shape=[1])
+        infer.raw_input_contents.append(np.ones((rows, 1), np.float32).tobytes())
+        infer.raw_input_contents.append(np.array([2.0], np.float32).tobytes())
+        return infer
+
+    limit = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+    ]
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", options=limit)
+    stub = v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+    # Half of them past the size that is parsed and serialized on a worker thread.
+    requests_ = [request(1 if i % 2 else 600_000) for i in range(16)]
+    futures = [stub.ModelInfer.future(r, timeout=30) for r in requests_]
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    codes = []
+    for sent, future in zip(requests_, futures, strict=True):
+        try:
+            response = future.result()
+            assert list(response.outputs[0].shape) == list(sent.inputs[0].shape)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+    assert server.proc.wait(20) == 0
+    assert time.monotonic() - started < 15 + 3
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    assert codes.count(grpc.StatusCode.OK) >= 1, codes
+    print("after SIGTERM:", {code.name: codes.count(code) for code in set(codes)})
+    channel.close()
