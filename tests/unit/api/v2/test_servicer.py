@@ -13,20 +13,8 @@ import pytest
 from serving.api.grpc.services import ActiveCalls
 from serving.api.v2.servicer import SERVICE, add_v2_service
 from serving.protos import v2_pb2 as pb
+from tests.unit.api.grpc.test_services import Aborted, Context
 from tests.unit.api.v2.test_rest_routes import FakeV2
-
-
-class Aborted(Exception):
-    pass
-
-
-class Context:
-    def __init__(self) -> None:
-        self.status: tuple[grpc.StatusCode, str] | None = None
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self.status = (code, details)
-        raise Aborted
 
 
 class Server:
