@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,9 +158,12 @@ class Client:
         self.channel.close()
 
 
-def models_config(models: dict[str, Path]) -> str:
+def models_config(models: Mapping[str, Path | str], extra: Mapping[str, str] | None = None) -> str:
+    """A TF Serving model config file's text; `extra` adds fields to a model's entry."""
+    extra = extra or {}
     entries = "".join(
-        f'  config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" }}\n'
+        f'  config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow"'
+        f"{' ' + extra[name] if extra.get(name) else ''} }}\n"
         for name, path in models.items()
     )
     return f"model_config_list {{\n{entries}}}\n"

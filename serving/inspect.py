@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.storage import ModelStorage, StorageError, default_cache_dir, open_storage
-from serving.storage.hub import HubStorage, is_hub_handle, scheme_of
+from serving.storage import ModelStorage, StorageError, default_cache_dir, open_storage, scheme_of
+from serving.storage.hub import HubStorage, is_hub_handle
 
 HUB_MODULE_FILE = "tfhub_module.pb"
 
@@ -65,7 +65,7 @@ def is_model_dir(path: str) -> bool:
 
 def gather(path: str, version: int | None = None) -> Report:
     """Resolve `path` (fetching a handle into the cache) and read its SavedModel."""
-    if scheme_of(path) is None and not is_hub_handle(path) and is_model_dir(path):
+    if not scheme_of(path) and not is_hub_handle(path) and is_model_dir(path):
         report = Report(path, "SavedModel folder", model_dir=path)
         if version is not None:
             raise InspectError(f"{path} is a SavedModel folder, not a base path with versions")

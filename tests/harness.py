@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -41,6 +42,50 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval=
                 return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class BackgroundLoad:
+    """Clients calling `call` in a loop while the block runs, for hot-swap tests.
+
+    Records every value seen, when each was first seen, how many calls
+    succeeded and every gRPC failure as "CODE: details".
+    """
+
+    def __init__(self, call: Callable[[], float], clients: int, pause_s: float = 0.0) -> None:
+        self.seen: set[float] = set()
+        self.first_seen: dict[float, float] = {}
+        self.failures: list[str] = []
+        self.count = 0
+        self._call = call
+        self._pause_s = pause_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def _client(self) -> None:
+        while not self._stop.is_set():
+            try:
+                value = self._call()
+            except grpc.RpcError as exc:
+                with self._lock:
+                    self.failures.append(f"{exc.code()}: {exc.details()}")
+            else:
+                with self._lock:
+                    self.seen.add(value)
+                    self.first_seen.setdefault(value, time.monotonic())
+                    self.count += 1
+            if self._pause_s:
+                time.sleep(self._pause_s)
+
+    def __enter__(self) -> BackgroundLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
 
 
 class ServerProcess:

@@ -12,9 +12,9 @@ handles, URLs and tarballs of `serving.storage.hub`, dispatched first).
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 from serving.storage import events
 from serving.storage.errors import StorageError
@@ -61,11 +61,17 @@ class ModelStorage(Protocol):
         ...
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def scheme_of(base_path: str) -> str:
-    """The URL scheme, or '' for a local path (Windows drive letters are not schemes)."""
-    if "://" not in base_path:
-        return ""
-    return urlsplit(base_path).scheme.lower()
+    """The URL scheme, or '' for a local path (Windows drive letters are not schemes).
+
+    A pattern, not `urlsplit`, so that a malformed URL still names its scheme
+    and its problem is reported by the storage that reads it.
+    """
+    match = _SCHEME.match(base_path)
+    return match.group(1).lower() if match else ""
 
 
 def is_remote(base_path: str) -> bool:

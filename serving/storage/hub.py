@@ -41,6 +41,7 @@ import uuid
 from collections.abc import Callable
 from typing import IO, cast
 
+from serving.storage import scheme_of
 from serving.storage.archive import ArchiveError, extract_tar, model_root
 from serving.storage.errors import StorageError
 
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _COMPRESSED_QUERY = ("tf-hub-format", "compressed")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # gRPC status codes carried by HubError into the version's status.
 INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNIMPLEMENTED, UNAVAILABLE = 3, 5, 7, 12, 14
 
@@ -68,11 +68,6 @@ def tfhub_cache_dir() -> str:
     return os.environ.get("TFHUB_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "tfhub_modules")
 
 
-def scheme_of(path: str) -> str | None:
-    match = _SCHEME.match(path)
-    return match.group(1).lower() if match else None
-
-
 def is_hub_handle(path: str) -> bool:
     """True for an http(s) URL, a `gs://` archive or a local archive file.
 
@@ -84,7 +79,7 @@ def is_hub_handle(path: str) -> bool:
         return True
     if scheme == "gs":
         return _is_archive_name(_url_path(path))
-    if scheme is None:
+    if not scheme:
         return _is_archive_name(path) and not os.path.isdir(path)
     return False
 
@@ -145,14 +140,14 @@ class HubStorage:
 
     def versions(self) -> dict[int, str]:
         """{version: handle}; a missing local archive is a missing base path."""
-        if self._scheme is None and not os.path.isfile(self.base_path):
+        if not self._scheme and not os.path.isfile(self.base_path):
             raise HubError(
                 f"Could not find base path {self.base_path}: no such archive file", NOT_FOUND
             )
         return {self.version: self.base_path}
 
     def fingerprint(self, version: int) -> tuple:
-        if self._scheme is None:
+        if not self._scheme:
             try:
                 st = os.stat(self.base_path)
             except OSError:
@@ -167,7 +162,7 @@ class HubStorage:
     def module_dir(self) -> str:
         """The cache folder of this handle (a local archive also keys on its size and mtime)."""
         key = self.base_path
-        if self._scheme is None:
+        if not self._scheme:
             # A replaced local archive must not be served from the old extraction.
             stamp = ",".join(str(part) for part in self.fingerprint(self.version)[1:])
             key = f"{os.path.abspath(self.base_path)}?stat={stamp}"
@@ -284,7 +279,7 @@ class HubStorage:
         )
 
     def _open(self) -> IO[bytes]:
-        if self._scheme is None:
+        if not self._scheme:
             try:
                 return open(self.base_path, "rb")
             except OSError as exc:

@@ -17,6 +17,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from loadtests.servers import models_config
 from tests.harness import AVAILABLE, END, ServerProcess, output
 
 MODELS = {
@@ -36,15 +37,17 @@ MODELS = {
 @pytest.fixture(scope="module")
 def server(testdata: Path, tmp_path_factory) -> ServerProcess:
     tmp = tmp_path_factory.mktemp("compat")
-    entries = []
-    for name, (path, policy) in MODELS.items():
-        policy_text = f"model_version_policy {{ {policy} }}" if policy else ""
-        entries.append(
-            f'config {{ name: "{name}" base_path: "{testdata / path}" '
-            f'model_platform: "tensorflow" {policy_text} }}'
-        )
     config = tmp / "models.config"
-    config.write_text("model_config_list {\n" + "\n".join(entries) + "\n}\n")
+    config.write_text(
+        models_config(
+            {name: testdata / path for name, (path, _) in MODELS.items()},
+            {
+                name: f"model_version_policy {{ {policy} }}"
+                for name, (_, policy) in MODELS.items()
+                if policy
+            },
+        )
+    )
     proc = ServerProcess(f"--model_config_file={config}", "--max_num_load_retries=0", log_dir=tmp)
     with proc.running(*(name for name in MODELS if name != "bad")):
         yield proc

@@ -13,18 +13,11 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.apis import model_management_pb2
 
+from loadtests.servers import models_config
 from tests.conftest import install
 from tests.harness import END, REPO, output, wait_for
 
 X = np.array([[1.0]], np.float32)
-
-
-def config_text(models: dict[str, Path]) -> str:
-    entries = "".join(
-        f'  config {{ name: "{n}" base_path: "{p}" model_platform: "tensorflow" }}\n'
-        for n, p in models.items()
-    )
-    return f"model_config_list {{\n{entries}}}\n"
 
 
 def run_cli(*flags: str) -> subprocess.CompletedProcess:
@@ -74,17 +67,17 @@ def test_config_file_polling_adds_removes_and_survives_bad_edits(
     a = install(model_store, "hp2_a", tmp_path / "a" / "1").parent
     b = install(model_store, "hp2_b", tmp_path / "b" / "1").parent
     config = tmp_path / "models.config"
-    config.write_text(config_text({"a": a}))
+    config.write_text(models_config({"a": a}))
     server = start_server(
         f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"
     )
     server.wait_available("a", {1})
 
-    config.write_text(config_text({"a": a, "b": b}))
+    config.write_text(models_config({"a": a, "b": b}))
     server.wait_available("b", {1})
     assert float(output(server.predict("b", {"x": X}), "y")[0, 0]) == 3.5
 
-    config.write_text(config_text({"b": b}))
+    config.write_text(models_config({"b": b}))
     wait_for(lambda: server.versions("a", END) == {1}, 20, "model a to unload")
     with pytest.raises(grpc.RpcError) as err:
         server.predict("a", {"x": X})
@@ -103,14 +96,14 @@ def test_handle_reload_config_request(start_server, model_store: Path, tmp_path:
     server.wait_available("a", {1})
 
     request = model_management_pb2.ReloadConfigRequest()
-    text_format.Parse(config_text({"a": a, "c": c}), request.config)
+    text_format.Parse(models_config({"a": a, "c": c}), request.config)
     response = server.model_stub.HandleReloadConfigRequest(request, timeout=60)
     assert response.status.error_code == 0
     # TF Serving returns once the new models are available.
     assert float(output(server.predict("c", {"x": X}), "y")[0, 0]) == 4.5
 
     relative = model_management_pb2.ReloadConfigRequest()
-    text_format.Parse(config_text({"r": Path("relative/path")}), relative.config)
+    text_format.Parse(models_config({"r": Path("relative/path")}), relative.config)
     with pytest.raises(grpc.RpcError) as err:
         server.model_stub.HandleReloadConfigRequest(relative, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -118,7 +111,7 @@ def test_handle_reload_config_request(start_server, model_store: Path, tmp_path:
     assert server.versions("c") == {7}  # the rejected config changed nothing
 
     missing = model_management_pb2.ReloadConfigRequest()
-    text_format.Parse(config_text({"a": a, "c": c, "gone": tmp_path / "nowhere"}), missing.config)
+    text_format.Parse(models_config({"a": a, "c": c, "gone": tmp_path / "nowhere"}), missing.config)
     with pytest.raises(grpc.RpcError) as err:
         server.model_stub.HandleReloadConfigRequest(missing, timeout=60)
     assert err.value.code() == grpc.StatusCode.UNKNOWN

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loadtests.servers import models_config
 from tests.harness import ServerProcess, output, wait_for
 
 DEVICES = """
@@ -35,11 +36,7 @@ def server(model_store: Path, testdata: Path, tmp_path_factory):
         "three": testdata / "tf_serving/saved_model_half_plus_three",
         "gpu": testdata / "tf_serving/saved_model_half_plus_two_gpu",
     }
-    entries = "".join(
-        f'config {{ name: "{n}" base_path: "{p}" model_platform: "tensorflow" }}\n'
-        for n, p in bases.items()
-    )
-    (tmp / "models.pbtxt").write_text(f"model_config_list {{\n{entries}}}\n")
+    (tmp / "models.pbtxt").write_text(models_config(bases))
     (tmp / "devices.pbtxt").write_text(DEVICES)
     (tmp / "session.pbtxt").write_text("log_device_placement: true\n")
     server = ServerProcess(

@@ -18,6 +18,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from loadtests.servers import models_config
 from serving import examples
 from tests.conftest import install
 from tests.harness import ServerProcess, output
@@ -27,12 +28,10 @@ from tests.harness import ServerProcess, output
 def server(model_store: Path, tmp_path_factory) -> ServerProcess:
     tmp = tmp_path_factory.mktemp("grpc_api")
     models = {"hp2": "hp2_a", "keras": "keras", "keras_module": "keras_module", "hub": "hub_text"}
-    entries = []
     for name, kind in models.items():
         install(model_store, kind, tmp / name / "1")
-        entries.append(f'config {{ name: "{name}" base_path: "{tmp / name}" }}')
     config = tmp / "models.config"
-    config.write_text("model_config_list {\n" + "\n".join(entries) + "\n}\n")
+    config.write_text(models_config({name: tmp / name for name in models}))
     socket_path = tmp / "grpc.sock"
     proc = ServerProcess(
         f"--model_config_file={config}",

@@ -4,7 +4,6 @@ and half-done uploads under load, clear status errors, and the cache across rest
 from __future__ import annotations
 
 import re
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import S3
-from tests.harness import ServerProcess, output, wait_for
+from tests.harness import BackgroundLoad, ServerProcess, output, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -77,27 +76,7 @@ def test_versions_come_and_go_under_load_and_half_uploads_wait(
     server.wait_available("m", {1})
     assert y(server) == 2.5
 
-    stop = threading.Event()
-    failures: list[str] = []
-    seen: set[float] = set()
-    first_seen: dict[float, float] = {}
-    count = [0]
-
-    def client() -> None:
-        while not stop.is_set():
-            try:
-                value = y(server)
-                seen.add(value)
-                first_seen.setdefault(value, time.monotonic())
-                count[0] += 1
-            except grpc.RpcError as exc:
-                failures.append(f"{exc.code()}: {exc.details()}")
-            time.sleep(0.005)  # light load
-
-    threads = [threading.Thread(target=client) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    with BackgroundLoad(lambda: y(server), clients=3, pause_s=0.005) as load:  # light load
         # Version 2 arrives object by object; with its variables missing it must
         # neither load nor even be attempted.
         data = "variables/variables.data-00000-of-00001"
@@ -108,20 +87,16 @@ def test_versions_come_and_go_under_load_and_half_uploads_wait(
         s3_server.upload(model_store / "hp2_b", bucket, "models/m/2")
         uploaded = time.monotonic()
         server.wait_available("m", {2})
-        wait_for(lambda: 3.5 in first_seen, 10, "a request served by version 2")
-        print(f"\nuploaded -> first request served by it: {first_seen[3.5] - uploaded:.2f}s")
+        wait_for(lambda: 3.5 in load.first_seen, 10, "a request served by version 2")
+        print(f"\nuploaded -> first request served by it: {load.first_seen[3.5] - uploaded:.2f}s")
         assert "storage_download" in server.logs or "downloaded" in server.logs
         # Version 2 removed from the bucket: version 1 comes back, nothing fails.
         s3_server.delete(bucket, "models/m/2")
         server.wait_available("m", {1})
         time.sleep(0.5)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert failures == []
-    assert seen == {2.5, 3.5}
-    assert count[0] > 50
+    assert load.failures == []
+    assert load.seen == {2.5, 3.5}
+    assert load.count > 50
     assert metric(server, "model_server_storage_download_bytes_total", scheme="s3") > 0
     # Version 2's cached copy left with it.
     wait_for(lambda: not any((tmp_path / "c").glob("*/2")), 10, "version 2 leaving the cache")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import install
-from tests.harness import AVAILABLE, END, ServerProcess, output, wait_for
+from tests.harness import AVAILABLE, END, BackgroundLoad, ServerProcess, output, wait_for
 
 X = np.array([[1.0]], np.float32)
 # model_store's half_plus_two variants: y(1.0) = 0.5 + b
@@ -112,23 +111,7 @@ def test_hot_swap_under_load_fails_no_request(start_server, model_store: Path, b
         "--model_name=m", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1"
     )
     server.wait_available("m", {1})
-    stop = threading.Event()
-    failures: list[str] = []
-    seen: set[float] = set()
-    counts = [0]
-
-    def client() -> None:
-        while not stop.is_set():
-            try:
-                seen.add(y(server))
-                counts[0] += 1
-            except grpc.RpcError as exc:
-                failures.append(f"{exc.code()}: {exc.details()}")
-
-    threads = [threading.Thread(target=client) for _ in range(8)]
-    for t in threads:
-        t.start()
-    try:
+    with BackgroundLoad(lambda: y(server), clients=8) as load:
         for version, kind in ((2, "hp2_b"), (3, "hp2_c")):
             install(model_store, kind, base / str(version))
             server.wait_available("m", {version})
@@ -136,13 +119,9 @@ def test_hot_swap_under_load_fails_no_request(start_server, model_store: Path, b
         shutil.rmtree(base / "3")
         server.wait_available("m", {2})
         time.sleep(0.5)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert failures == []
-    assert seen == {2.5, 3.5, 4.5}
-    assert counts[0] > 100
+    assert load.failures == []
+    assert load.seen == {2.5, 3.5, 4.5}
+    assert load.count > 100
 
 
 def test_policies_labels_and_lookups(start_server, model_store: Path, tmp_path: Path) -> None:
