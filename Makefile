@@ -9,6 +9,10 @@ MODELS ?= $(CURDIR)/models
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 
+KVENV  := .venv-kserve
+KSERVE_PINS := kserve==0.21.0 kubernetes==37.0.1
+KSTAMP := $(KVENV)/.installed-$(subst $() ,-,$(KSERVE_PINS))
+
 .PHONY: install install-test loadtools serve models test lint bench clean
 
 install: $(STAMP)
@@ -19,7 +23,7 @@ $(STAMP): pyproject.toml $(wildcard protos/*.proto protos/*/*/*.proto)
 	$(BIN)/python -m serving.protogen
 	@touch $@
 
-install-test: $(TSTAMP)
+install-test: $(TSTAMP) $(KSTAMP)
 
 # tritonclient (the V2 tests' client) pins protobuf<7 and ml-dtypes<=0.5.4, older
 # than TensorFlow's; it runs on these, and its gRPC stubs are the very
@@ -29,6 +33,17 @@ TRITONCLIENT := tritonclient==2.73.0
 $(TSTAMP): $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,text]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps '$(TRITONCLIENT)'
+	@touch $@
+
+# The kserve SDK (its V2 REST/gRPC clients, its API models for deploy/kserve/)
+# pins protobuf<7, older than TensorFlow's, and its V2 stubs clash with
+# tritonclient's in one process: it lives in a venv of its own, which tests run
+# as a subprocess (tests/e2e/kserve_client.py, tests/unit/kserve_schema.py).
+# kubernetes is pinned too: kserve_schema.py uses its ApiClient.
+$(KSTAMP):
+	@test -x $(KVENV)/bin/python || $(PYTHON) -m venv $(KVENV)
+	$(KVENV)/bin/python -m pip install -q --disable-pip-version-check $(KSERVE_PINS)
+	@rm -f $(KVENV)/.installed-*
 	@touch $@
 
 models: install
@@ -58,4 +73,4 @@ bench: install-test loadtools
 	$(BIN)/python -m loadtests.v2
 
 clean:
-	rm -rf $(VENV) models serving/_generated .pytest_cache
+	rm -rf $(VENV) $(KVENV) models serving/_generated .pytest_cache

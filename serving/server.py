@@ -301,7 +301,7 @@ class ModelServer:
         )
         model = ModelServicer(self.service)
         add_services(server, prediction, model, self.grpc_calls)
-        add_v2_service(server, self.v2)
+        add_v2_service(server, self.v2, self.grpc_calls)
         self.obs.add_grpc_services(server)
         if opts.enable_profiler:
             self._profiler = add_profiler_service(server)

@@ -7,11 +7,15 @@ extension, errors, and the metrics the calls leave.
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
+import grpc
 import ml_dtypes
 import numpy as np
 import pytest
@@ -23,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import install
 from tests.e2e.test_observability import write_slow_model
-from tests.harness import ServerProcess, wait_for
+from tests.harness import REPO, ServerProcess, wait_for
 from tests.v2_models import DTYPES, write_v2_dtypes_model
 
 pytestmark = pytest.mark.slow
@@ -494,3 +498,291 @@ def test_sigterm_drain_refuses_new_v2_calls_and_finishes_running_ones(start_serv
     assert server.proc.wait(20) == 0
     http.close()
     grpc_client.close()
+
+
+# ------------------------------------------------------------------ kserve SDK
+# The `kserve` SDK's own clients (InferenceRESTClient on protocol v2,
+# InferenceGRPCClient) in their own virtualenv (see kserve_client.py): one
+# script run per transport makes every call below; the tests assert on what it
+# printed.
+
+KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
+KSERVE_CLIENT = Path(__file__).with_name("kserve_client.py")
+KSERVE_MODELS = ("half_plus_two", "keras_classifier", "text_embedding", "dtypes")
+
+
+def _tensor_spec(name: str, array: np.ndarray, **extra) -> dict:
+    spec = {"name": name, "datatype": _datatype(array), "shape": list(array.shape), **extra}
+    if spec["datatype"] == "BYTES":
+        spec["items"] = [base64.b64encode(v).decode() for v in array.ravel()]
+    else:
+        spec["raw"] = base64.b64encode(np.ascontiguousarray(array).tobytes()).decode()
+    return spec
+
+
+def _spec_array(spec: dict) -> np.ndarray:
+    if spec["datatype"] == "BYTES":
+        items = [base64.b64decode(v) for v in spec["items"]]
+        return np.array(items, dtype=object).reshape(spec["shape"])
+    return np.frombuffer(base64.b64decode(spec["raw"]), dtype=spec["dtype"]).reshape(spec["shape"])
+
+
+def _kserve_checks(keras_input: str) -> list[dict]:
+    x = np.array([[1.0], [2.0], [5.0]], dtype=np.float32)
+    keras_x = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
+    sentences = np.array([b"the cat sat", "é dog ran".encode()], dtype=object)
+    dtypes = _dtype_arrays()
+    checks: list[dict] = [
+        {"id": "live", "op": "live"},
+        {"id": "ready", "op": "ready"},
+        {"id": "server_metadata", "op": "server_metadata"},
+        {"id": "ready:nope", "op": "model_ready", "model": "nope"},
+        {"id": "metadata:nope", "op": "model_metadata", "model": "nope"},
+    ]
+    for model in KSERVE_MODELS:
+        checks.append({"id": f"ready:{model}", "op": "model_ready", "model": model})
+        checks.append({"id": f"metadata:{model}", "op": "model_metadata", "model": model})
+    for binary in (True, False):
+        kind = "binary" if binary else "json"
+        checks += [
+            {
+                "id": f"half_plus_two:{kind}",
+                "op": "infer",
+                "model": "half_plus_two",
+                "inputs": [_tensor_spec("x", x)],
+                "outputs": ["y"],
+                "binary": binary,
+            },
+            {
+                "id": f"keras_classifier:{kind}",
+                "op": "infer",
+                "model": "keras_classifier",
+                "inputs": [_tensor_spec(keras_input, keras_x)],
+                "binary": binary,
+            },
+            {
+                "id": f"text_embedding:{kind}",
+                "op": "infer",
+                "model": "text_embedding",
+                "inputs": [_tensor_spec("default", sentences)],
+                "binary": binary,
+            },
+            {
+                "id": f"text_embedding:tokens:{kind}",
+                "op": "infer",
+                "model": "text_embedding",
+                "inputs": [_tensor_spec("default", sentences)],
+                "parameters": {"signature_name": "tokens"},
+                "binary": binary,
+            },
+        ]
+    # Every datatype in one call. JSON carries no FP16 (the SDK refuses it) nor
+    # BF16, and the model takes them all at once, so this one is binary only.
+    # The SDK cannot decode BF16 outputs (no numpy type): BF16 goes in, and
+    # every other output comes back.
+    checks.append(
+        {
+            "id": "dtypes",
+            "op": "infer",
+            "model": "dtypes",
+            "inputs": [_tensor_spec(name, array) for name, array in dtypes.items()],
+            "outputs": [f"{name}_out" for name in dtypes if name != "BF16"],
+        }
+    )
+    one = np.array([[1.0]], dtype=np.float32)
+    checks += [
+        {
+            "id": "error:unknown_model",
+            "op": "infer",
+            "model": "nope",
+            "inputs": [_tensor_spec("x", one)],
+        },
+        {
+            "id": "error:datatype",
+            "op": "infer",
+            "model": "half_plus_two",
+            "inputs": [_tensor_spec("x", one.astype(np.int32))],
+        },
+        {
+            "id": "error:element_count",
+            "op": "infer",
+            "model": "half_plus_two",
+            "inputs": [_tensor_spec("x", one, send_shape=[2, 1])],
+            "binary": False,
+        },
+        {
+            "id": "error:shape",
+            "op": "infer",
+            "model": "keras_classifier",
+            "inputs": [_tensor_spec(keras_input, np.ones((2, 3), dtype=np.float32))],
+        },
+        {
+            "id": "error:input_name",
+            "op": "infer",
+            "model": "half_plus_two",
+            "inputs": [_tensor_spec("z", one)],
+        },
+    ]
+    return checks
+
+
+@pytest.fixture(scope="module", params=["rest", "grpc"])
+def kserve_run(request, server, http):
+    """(transport, the checks sent, the script's results) for one transport."""
+    assert KSERVE_PYTHON.exists(), "no .venv-kserve: run `make install-test`"
+    transport = request.param
+    url = f"{server.rest_url}" if transport == "rest" else f"127.0.0.1:{server.grpc_port}"
+    (keras_input,) = [t["name"] for t in http.get_model_metadata("keras_classifier")["inputs"]]
+    checks = _kserve_checks(keras_input)
+    done = subprocess.run(
+        [str(KSERVE_PYTHON), str(KSERVE_CLIENT), transport, url],
+        input=json.dumps(checks),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    return transport, {c["id"]: c for c in checks}, results
+
+
+def _ok(results: dict, key: str):
+    assert "ok" in results[key], (key, results[key])
+    return results[key]["ok"]
+
+
+def test_kserve_sdk_health_and_metadata(kserve_run, http):
+    transport, _, results = kserve_run
+    assert _ok(results, "live") is True and _ok(results, "ready") is True
+    meta = _ok(results, "server_metadata")
+    assert meta == {k: http.get_server_metadata()[k] for k in ("name", "version", "extensions")}
+    for model in KSERVE_MODELS:
+        assert _ok(results, f"ready:{model}") is True
+        got = _ok(results, f"metadata:{model}")
+        expected = http.get_model_metadata(model)
+        assert got["name"] == model and got["platform"] == "tensorflow_savedmodel"
+        for side in ("inputs", "outputs"):
+            assert got[side] == expected[side], (model, side)
+    assert _ok(results, "metadata:half_plus_two")["versions"] == ["1", "2"]
+    assert _ok(results, "ready:nope") is False
+    error = results["metadata:nope"]["error"]
+    assert error["status"] == (404 if transport == "rest" else "NOT_FOUND"), error
+    assert "nope" in error["message"]
+
+
+def test_kserve_sdk_infer_example_models(kserve_run, server):
+    transport, checks, results = kserve_run
+    for kind in ("binary", "json"):
+        half = _ok(results, f"half_plus_two:{kind}")
+        x = _spec_array({**checks[f"half_plus_two:{kind}"]["inputs"][0], "dtype": "float32"})
+        assert half["model_name"] == "half_plus_two"
+        assert half["id"] == f"half_plus_two:{kind}"
+        if transport == "grpc":  # the SDK's REST client drops model_version
+            assert half["model_version"] == "2"
+        y = half["outputs"]["y"]
+        assert (y["datatype"], y["shape"], y["dtype"]) == ("FP32", [3, 1], "float32")
+        np.testing.assert_array_equal(_spec_array(y), x * 0.5 + 3.0)
+
+        keras = _ok(results, f"keras_classifier:{kind}")
+        (spec,) = checks[f"keras_classifier:{kind}"]["inputs"]
+        keras_x = _spec_array({**spec, "dtype": "float32"})
+        v1 = server.predict("keras_classifier", {spec["name"]: keras_x})
+        (out_name,) = v1.outputs
+        import tensorflow as tf
+
+        (got,) = keras["outputs"].values()
+        assert got["shape"] == [5, 3]
+        np.testing.assert_allclose(
+            _spec_array(got), tf.make_ndarray(v1.outputs[out_name]), rtol=1e-6
+        )
+
+        embedding = _ok(results, f"text_embedding:{kind}")["outputs"]["default"]
+        assert (embedding["datatype"], embedding["shape"]) == ("FP32", [2, 4])
+        tokens = _ok(results, f"text_embedding:tokens:{kind}")["outputs"]
+        np.testing.assert_array_equal(_spec_array(tokens["embedding"]), _spec_array(embedding))
+        assert _spec_array(tokens["token_count"]).ravel().tolist() == [3, 3]
+
+
+def test_kserve_sdk_every_datatype(kserve_run):
+    _, checks, results = kserve_run
+    outputs = _ok(results, "dtypes")["outputs"]
+    sent = {spec["name"]: spec for spec in checks["dtypes"]["inputs"]}
+    assert set(outputs) == {f"{name}_out" for name in sent if name != "BF16"}
+    arrays = _dtype_arrays()
+    for name, array in arrays.items():
+        if name == "BF16":
+            continue
+        got = outputs[f"{name}_out"]
+        assert (got["datatype"], got["shape"]) == (name, [2, 2]), got
+        assert got["dtype"] == str(array.dtype), (name, got["dtype"])
+        if name == "BYTES":
+            assert _spec_array(got).tolist() == array.tolist()
+        else:
+            np.testing.assert_array_equal(_spec_array(got), array, err_msg=name)
+
+
+def test_kserve_sdk_errors(kserve_run):
+    transport, _, results = kserve_run
+    rest = transport == "rest"
+    expected = {
+        "error:unknown_model": (404 if rest else "NOT_FOUND", "Servable not found"),
+        "error:datatype": (400 if rest else "INVALID_ARGUMENT", "Expected input x to be float"),
+        "error:element_count": (400 if rest else "INVALID_ARGUMENT", "for shape [2, 1]"),
+        "error:shape": (400 if rest else "INVALID_ARGUMENT", "float [2,3]"),
+        "error:input_name": (400 if rest else "INVALID_ARGUMENT", "input tensor alias not found"),
+    }
+    for key, (status, message) in expected.items():
+        assert "error" in results[key], (key, results[key])
+        error = results[key]["error"]
+        assert error["type"] == ("HTTPStatusError" if rest else "AioRpcError"), error
+        assert error["status"] == status, (key, error)
+        assert message in error["message"], (key, error)
+
+
+def test_sigterm_lets_every_accepted_v2_grpc_call_finish_or_answers_unavailable(
+    start_server, tmp_path
+):
+    # SIGTERM right behind a burst of V2 gRPC calls: some are running the slow
+    # model, some the server is still parsing (large ones, off the event loop)
+    # or has received but not yet started. None may end CANCELLED.
+    from serving.protos import v2_pb2, v2_pb2_grpc
+
+    write_slow_model(tmp_path / "slow" / "1")
+    server = start_server(
+        "--model_name=slow", f"--model_base_path={tmp_path / 'slow'}", "--drain_timeout_seconds=15"
+    )
+    server.wait_available("slow")
+
+    def request(rows: int) -> v2_pb2.ModelInferRequest:
+        infer = v2_pb2.ModelInferRequest(model_name="slow")
+        infer.inputs.add(name="x", datatype="FP32", shape=[rows, 1])
+        infer.inputs.add(name="delay", datatype="FP32", shape=[1])
+        infer.raw_input_contents.append(np.ones((rows, 1), np.float32).tobytes())
+        infer.raw_input_contents.append(np.array([2.0], np.float32).tobytes())
+        return infer
+
+    limit = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+    ]
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", options=limit)
+    stub = v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+    # Half of them past the size that is parsed and serialized on a worker thread.
+    requests_ = [request(1 if i % 2 else 600_000) for i in range(16)]
+    futures = [stub.ModelInfer.future(r, timeout=30) for r in requests_]
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    codes = []
+    for sent, future in zip(requests_, futures, strict=True):
+        try:
+            response = future.result()
+            assert list(response.outputs[0].shape) == list(sent.inputs[0].shape)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+    assert server.proc.wait(20) == 0
+    assert time.monotonic() - started < 15 + 3
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    assert codes.count(grpc.StatusCode.OK) >= 1, codes
+    print("after SIGTERM:", {code.name: codes.count(code) for code in set(codes)})
+    channel.close()

@@ -1,10 +1,11 @@
 """deploy/kserve/: the ServingRuntime and example InferenceServices.
 
-KServe's resources are CRDs, which kubernetes-validate has no schema for, and
-the kserve package cannot be installed beside TensorFlow's protobuf. So the
-CRD side is checked structurally here, against the fields and values of
-KServe's published CRDs (serving.kserve.io ServingRuntime v1alpha1,
-InferenceService v1beta1) that these manifests use; the Kubernetes parts
+KServe's resources are CRDs, which kubernetes-validate has no schema for. So
+every document is read by the kserve SDK's own generated API models
+(kserve_schema.py, in .venv-kserve: the kserve package cannot be installed
+beside TensorFlow's protobuf), which know every field and type of
+ServingRuntime v1alpha1 and InferenceService v1beta1; the values KServe
+accepts (protocol versions) are checked structurally here; the Kubernetes parts
 inside them (containers, volumes) are validated as a Pod against the real
 Kubernetes schemas; and the container's flags are parsed by the server's own
 flag parser.
@@ -13,6 +14,8 @@ flag parser.
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,10 @@ import pytest
 from serving.flags import parse_flags
 from tests.unit.test_deploy import K8S_VERSIONS, METRICS_PATH, _load_yaml_docs, _need_module
 
-KSERVE = Path(__file__).resolve().parents[2] / "deploy" / "kserve"
+REPO = Path(__file__).resolve().parents[2]
+KSERVE = REPO / "deploy" / "kserve"
+KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
+KSERVE_SCHEMA = Path(__file__).with_name("kserve_schema.py")
 PROTOCOLS = ["v1", "v2", "grpc-v1", "grpc-v2"]  # KServe's protocol version names
 
 # The parts of KServe's CRD schemas these manifests touch; unknown fields fail.
@@ -151,6 +157,74 @@ def test_crd_structure() -> None:
     bad["spec"]["predictor"]["model"]["modelformat"] = {"name": "tensorflow"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, INFERENCE_SERVICE)
+
+
+def _mutated(doc: dict[str, Any], change: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    change(doc)
+    return doc
+
+
+def test_manifests_match_the_kserve_sdk_models(tmp_path: Path) -> None:
+    assert KSERVE_PYTHON.exists(), "no .venv-kserve: run `make install-test`"
+    runtime, _ = _runtime()
+    rest, grpc_service = _docs("inferenceservice.yaml")
+    # Each broken copy must fail, for the reason given: the check has teeth.
+    broken = {
+        "typo in a KServe field": (
+            _mutated(rest, lambda d: d["spec"]["predictor"]["model"].update(modelformat={})),
+            "spec.predictor.model.modelformat: unknown field",
+        ),
+        "typo in a container field": (
+            _mutated(runtime, lambda d: d["spec"]["containers"][0].update(imagee="x")),
+            "spec.containers[0].imagee: unknown field",
+        ),
+        "string for an integer": (
+            _mutated(runtime, lambda d: d["spec"]["supportedModelFormats"][0].update(priority="3")),
+            "supportedModelFormats[0].priority: '3' does not match",
+        ),
+        "missing required field": (
+            _mutated(rest, lambda d: d["spec"]["predictor"]["model"].pop("modelFormat")),
+            "model_format",
+        ),
+        "wrong type in a Kubernetes part": (
+            _mutated(
+                grpc_service,
+                lambda d: d["spec"]["predictor"]["model"]["ports"][0].update(containerPort="9000"),
+            ),
+            "containerPort",
+        ),
+        "wrong API version": (
+            _mutated(runtime, lambda d: d.update(apiVersion="serving.kserve.io/v1beta1")),
+            "KServe serves ServingRuntime as v1alpha1",
+        ),
+    }
+    paths = sorted(str(p) for p in KSERVE.glob("*.yaml"))
+    for index, (doc, _) in enumerate(broken.values()):
+        path = tmp_path / f"broken{index}.yaml"
+        path.write_text(json.dumps(doc))  # JSON is YAML
+        paths.append(str(path))
+    done = subprocess.run(
+        [str(KSERVE_PYTHON), str(KSERVE_SCHEMA), *paths],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    good = [r for r in results if r["file"].startswith(str(KSERVE))]
+    assert {(r["kind"], r["name"]) for r in good} == {
+        ("ConfigMap", "model-server-kserve"),
+        ("ServingRuntime", "model-server"),
+        ("InferenceService", "half-plus-two"),
+        ("InferenceService", "half-plus-two-grpc"),
+    }
+    for result in good:
+        assert result["errors"] == [], result
+    bad = [r for r in results if not r["file"].startswith(str(KSERVE))]
+    for result, (what, (_, message)) in zip(bad, broken.items(), strict=True):
+        assert result["errors"], what
+        assert any(message in e for e in result["errors"]), (what, result["errors"])
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)

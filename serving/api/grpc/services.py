@@ -289,7 +289,10 @@ def parse_request(kind: type[Message], data: bytes) -> Message | None:
 
 
 def _raw_method(
-    method: Handler, kind: type[Message], active: ActiveCalls | None = None
+    method: Handler,
+    kind: type[Message],
+    active: ActiveCalls | None = None,
+    response_size: Callable[[Message], int] = _response_size,
 ) -> Callable[[Any, bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
     """A unary handler taking and returning bytes around `method`."""
     full_name = kind.DESCRIPTOR.full_name
@@ -316,9 +319,29 @@ def _raw_method(
         del request
         if response is None:  # aborted
             return b""
-        return await _offload(_response_size(response), response.SerializeToString)
+        return await _offload(response_size(response), response.SerializeToString)
 
     return call
+
+
+def add_raw_service(
+    server: grpc.aio.Server,
+    service: str,
+    servicer: Any,
+    methods: Mapping[str, type[Message]],
+    active: ActiveCalls | None = None,
+    response_size: Callable[[Message], int] = _response_size,
+) -> None:
+    """Serve `methods` (name → request type) of `servicer` as `service`, each
+    through `_raw_method`: parsed and serialized by us, counted in `active`.
+    A method not listed gets gRPC's own UNIMPLEMENTED."""
+    handlers = {}
+    for name, kind in methods.items():
+        method = getattr(type(servicer), name)
+        behavior = functools.partial(_raw_method(method, kind, active, response_size), servicer)
+        # No (de)serializers: the handler gets and returns the raw bytes.
+        handlers[name] = grpc.unary_unary_rpc_method_handler(behavior)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
 def add_services(
@@ -331,10 +354,4 @@ def add_services(
         (prediction, "tensorflow.serving.PredictionService"),
         (model, "tensorflow.serving.ModelService"),
     ):
-        handlers = {}
-        for name, kind in _METHODS[service].items():
-            method = getattr(type(servicer), name)
-            behavior = functools.partial(_raw_method(method, kind, active), servicer)
-            # No (de)serializers: the handler gets and returns the raw bytes.
-            handlers[name] = grpc.unary_unary_rpc_method_handler(behavior)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        add_raw_service(server, service, servicer, _METHODS[service], active)

@@ -6,7 +6,12 @@ The messages are compiled from the protocol's published `grpc_service.proto`
 (every input raw, or none); outputs always go back as `raw_output_contents`,
 which every V2 client reads and which costs no per-element conversion.
 Streaming, model config/statistics, shared memory, tracing and logging RPCs
-are not served (UNIMPLEMENTED, the generated base class's answer).
+are not served (UNIMPLEMENTED, gRPC's answer for a method without a handler).
+
+The methods are registered like TF Serving's (serving.api.grpc.services
+`add_raw_service`): parsed and serialized by us, large messages off the event
+loop, and every call counted in the server's ActiveCalls from its first byte
+to its answer, so a drain waits for V2 calls as for the others.
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
-from serving.api.grpc.services import status_message
+from serving.api.grpc.services import ActiveCalls, add_raw_service, status_message
 from serving.api.v2 import codec
 from serving.api.v2.service import V2Service
 from serving.errors import ServingError, invalid_argument
 from serving.protos import v2_pb2 as pb
-from serving.protos import v2_pb2_grpc as pb_grpc
 
 PROTOCOL = "v2-grpc"
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -80,7 +86,7 @@ def encode_response(
     return response
 
 
-class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
+class V2Servicer:
     def __init__(self, v2: V2Service) -> None:
         self.v2 = v2
 
@@ -149,5 +155,28 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
-def add_v2_service(server: grpc.aio.Server, v2: V2Service) -> None:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(v2), server)
+# The methods served: name → request message type.
+_METHODS: dict[str, type[Message]] = {
+    "ServerLive": pb.ServerLiveRequest,
+    "ServerReady": pb.ServerReadyRequest,
+    "ModelReady": pb.ModelReadyRequest,
+    "ServerMetadata": pb.ServerMetadataRequest,
+    "ModelMetadata": pb.ModelMetadataRequest,
+    "ModelInfer": pb.ModelInferRequest,
+    "RepositoryIndex": pb.RepositoryIndexRequest,
+    "RepositoryModelLoad": pb.RepositoryModelLoadRequest,
+    "RepositoryModelUnload": pb.RepositoryModelUnloadRequest,
+}
+
+
+def _response_size(response: Message) -> int:
+    """The bulk of a response, which decides where it is serialized."""
+    if isinstance(response, pb.ModelInferResponse):
+        return sum(len(raw) for raw in response.raw_output_contents)
+    return 0
+
+
+def add_v2_service(
+    server: grpc.aio.Server, v2: V2Service, active: ActiveCalls | None = None
+) -> None:
+    add_raw_service(server, SERVICE, V2Servicer(v2), _METHODS, active, _response_size)
