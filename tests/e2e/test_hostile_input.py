@@ -341,7 +341,8 @@ def test_2000_streams_on_one_connection_are_answered_never_cancelled(server):
     assert set(codes) <= RETRYABLE, summary(results)
     assert codes.count(grpc.StatusCode.OK) >= 1
     assert max(took for _, took in results) < 20
-    assert latencies and max(latencies) < SMALL_WORST_S
+    # The other client waits its turn behind the burst, no longer.
+    assert latencies and max(latencies) < 10
 
 
 @pytest.mark.parametrize("slow_server", [2], indirect=True)  # two (spinning) calls at a time

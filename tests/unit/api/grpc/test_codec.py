@@ -308,11 +308,17 @@ def _protobuf_response(outputs: dict[str, np.ndarray], tensor_content: bool) -> 
 
 
 def _written_response(outputs: dict[str, np.ndarray], tensor_content: bool) -> bytes:
+    """The hand-written path, whatever the responses' size."""
     response = predict_pb2.PredictResponse()
     response.model_spec.name = "m"
     response.model_spec.version.value = 7
     response.model_spec.signature_name = "serving_default"
-    return codec.predict_response_bytes(response, outputs, tensor_content)
+    limit = codec.WRITE_RESPONSE_ABOVE
+    codec.WRITE_RESPONSE_ABOVE = 0
+    try:
+        return codec.predict_response_bytes(response, outputs, tensor_content)
+    finally:
+        codec.WRITE_RESPONSE_ABOVE = limit
 
 
 @pytest.mark.parametrize("tensor_content", [False, True], ids=["typed", "tensor_content"])
@@ -361,3 +367,12 @@ def test_the_response_writer_copies_a_large_output_once() -> None:
         tracemalloc.stop()
     assert len(data) > values.nbytes
     assert peak < values.nbytes * 1.1
+
+
+def test_small_responses_go_through_protobuf() -> None:
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = "m"
+    outputs = {"y": np.array([[2.5]], np.float32), "s": np.array([b"a"], dtype=object)}
+    data = codec.predict_response_bytes(response, outputs)
+    assert data == response.SerializeToString()  # filled in place, then serialized
+    assert predict_pb2.PredictResponse.FromString(data).outputs["y"].float_val == [2.5]
