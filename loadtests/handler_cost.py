@@ -5,7 +5,8 @@ wiring (`ModelServer`: manager, runner, metrics, request observer) and times,
 on one event loop and batch of one:
 
 - `model`: the signature call alone (`servable.run`), the floor;
-- `grpc`: the gRPC Predict handler, a PredictRequest in, a PredictResponse out;
+- `grpc`: the gRPC Predict handler, a PredictRequest in, the serialized
+  PredictResponse out (the handler serializes its own response);
 - `rest`: the REST predict handler, a JSON body in, a JSON body out;
 - `rest+http`: the same through the HTTP server's dispatch (its routing and,
   where it keeps one, its per-request time limit), still without a socket;

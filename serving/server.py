@@ -60,6 +60,21 @@ from serving.storage import StorageError, Storages, set_download_observer
 
 log = logging.getLogger("serving")
 
+# gRPC core holds the calls that arrive faster than the event loop picks them
+# up, and past grpc.server.max_pending_requests (1000 by default) it starts
+# cancelling them: CANCELLED, which clients do not retry, before any of our
+# code runs. A burst of 2000 calls on one connection did that. Streams past a
+# connection's grpc.max_concurrent_streams are refused instead (UNAVAILABLE,
+# retryable), so that per-connection cap stays well under the pending limits;
+# once picked up, calls past --grpc_max_concurrent_rpcs get RESOURCE_EXHAUSTED.
+# --grpc_channel_arguments overrides any of these.
+GRPC_STREAMS_PER_CONNECTION = 4096
+GRPC_CORE_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_concurrent_streams", GRPC_STREAMS_PER_CONNECTION),
+    ("grpc.server.max_pending_requests", 4 * GRPC_STREAMS_PER_CONNECTION),
+    ("grpc.server.max_pending_requests_hard_limit", 8 * GRPC_STREAMS_PER_CONNECTION),
+]
+
 
 def check_options(options: ServerOptions) -> None:
     """Cross-flag rules, with TF Serving's wording."""
@@ -283,12 +298,18 @@ class ModelServer:
         if not opts.port and not opts.grpc_socket_path:
             return
         limit = opts.max_message_bytes
-        channel_options = [
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
-            *opts.channel_arguments,
-        ]
+        # One value per key, the flag's last: gRPC core keeps the first it sees.
+        channel_options = list(
+            dict(
+                [
+                    ("grpc.max_receive_message_length", limit),
+                    ("grpc.max_send_message_length", limit),
+                    ("grpc.so_reuseport", 0),
+                    *GRPC_CORE_OPTIONS,
+                    *opts.channel_arguments,
+                ]
+            ).items()
+        )
         server = grpc.aio.server(
             options=channel_options,
             # Past this, calls get RESOURCE_EXHAUSTED at once rather than queueing.

@@ -76,6 +76,26 @@ def numpy_type_name(array: np.ndarray) -> str:
     return short_dtype_name(dtype) if dtype is not None else str(array.dtype)
 
 
+# TensorFlow feeds a numpy array without copying it only when its data is
+# aligned to this many bytes (Eigen's largest alignment); numpy's own large
+# allocations are not, so TensorFlow copies them into a tensor of its own.
+FEED_ALIGNMENT = 64
+
+
+def feedable_empty(count: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialized 1-D array TensorFlow can feed without a copy of its own.
+
+    Measured: a large input fed from a plain numpy array costs its size once
+    more inside the session (and oneDNN's allocator keeps that memory).
+    """
+    if dtype.hasobject:
+        return np.empty(count, dtype=dtype)
+    size = count * dtype.itemsize
+    raw = np.empty(size + FEED_ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % FEED_ALIGNMENT
+    return raw[start : start + size].view(dtype)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     alias: str

@@ -8,6 +8,8 @@ concurrently by another client.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import os
 import random
 import signal
@@ -146,10 +148,10 @@ def test_a_broadcast_within_the_limit_costs_at_most_4x_the_tensor(server):
     assert len(response.outputs["y"].float_val) == count and y[0] == 3.0 and y[-1] == 3.0
     grew = peak(server) - before
     print(f"broadcast {count}: peak +{grew / MB:.0f} MB, small worst {max(latencies):.3f}s")
-    # The graph itself holds its input, 0.5x and the output at once; encoding
-    # holds the output, its packed bytes and the message; then the serialized
-    # response. Allow for the other client's calls and allocator slack.
-    assert grew <= 5.5 * tensor_bytes
+    # The input (fed to TensorFlow without a copy) and the graph's output;
+    # then the output, the response bytes written straight from it and gRPC's
+    # own copy of those bytes. oneDNN's allocator keeps the output's memory.
+    assert grew <= 4 * tensor_bytes
     assert max(latencies) < SMALL_WORST_S
 
 
@@ -290,3 +292,72 @@ def test_sigterm_lets_every_accepted_request_finish_or_answers_unavailable(slow_
     assert set(codes) <= allowed, codes
     assert codes.count(grpc.StatusCode.OK) >= 1
     print("after SIGTERM:", {code.name: codes.count(code) for code in set(codes)})
+
+
+# ------------------------------------------------------- many streams at once
+
+RETRYABLE = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def flood(port: int, data: bytes, calls: int) -> list[tuple[grpc.StatusCode, float]]:
+    """`calls` concurrent calls on one HTTP/2 connection: each one's code and
+    the seconds from the burst's start to its end."""
+
+    async def run() -> list[tuple[grpc.StatusCode, float]]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+            await call(data, timeout=30)  # connected before the burst
+            started = time.monotonic()
+
+            async def one() -> tuple[grpc.StatusCode, float]:
+                try:
+                    await call(data, timeout=30)
+                    code = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code()
+                return code, time.monotonic() - started
+
+            return list(await asyncio.gather(*(one() for _ in range(calls))))
+
+    return asyncio.run(run())
+
+
+def summary(results: list[tuple[grpc.StatusCode, float]]) -> dict[str, str]:
+    ends: dict[str, list[float]] = collections.defaultdict(list)
+    for code, took in results:
+        ends[code.name].append(took)
+    return {
+        name: f"{len(t)} (median {np.median(t):.2f}s, last {max(t):.2f}s)"
+        for name, t in ends.items()
+    }
+
+
+def test_2000_streams_on_one_connection_are_answered_never_cancelled(server):
+    data = request([1, 1], float_val=[1.0]).SerializeToString()
+    with small_requests(server) as latencies:  # another channel, meanwhile
+        results = flood(server.grpc_port, data, 2000)
+    print("2000 streams:", summary(results), f"small worst {max(latencies):.3f}s")
+    codes = [code for code, _ in results]
+    assert set(codes) <= RETRYABLE, summary(results)
+    assert codes.count(grpc.StatusCode.OK) >= 1
+    assert max(took for _, took in results) < 20
+    # The other client waits its turn behind the burst, no longer.
+    assert latencies and max(latencies) < 10
+
+
+@pytest.mark.parametrize("slow_server", [2], indirect=True)  # two (spinning) calls at a time
+def test_a_2000_stream_flood_past_the_rpc_limit_is_refused_at_once(slow_server):
+    results = flood(slow_server.grpc_port, slow_request(2.0).SerializeToString(), 2000)
+    print("2000 streams, 2 at a time:", summary(results))
+    codes = [code for code, _ in results]
+    assert set(codes) <= RETRYABLE, summary(results)
+    assert codes.count(grpc.StatusCode.OK) >= 1
+    refused = [took for code, took in results if code != grpc.StatusCode.OK]
+    assert len(refused) >= 2000 - 3 * 2  # those admitted as the first ones end may run
+    # The refusals' pace is the event loop's (a few thousand a second on a
+    # quiet machine), shared here with two spinning calls and the client.
+    assert max(refused) < 10
+    assert max(took for _, took in results) < 2 * 2.0 + 10
+    started = time.monotonic()
+    slow_server.predict_stub.Predict(slow_request(0.0), timeout=10)
+    assert time.monotonic() - started < 1

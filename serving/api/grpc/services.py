@@ -22,7 +22,6 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
-from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -145,7 +144,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     @rpc("predict")
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> predict_pb2.PredictResponse:
+    ) -> bytes:
+        """Answers the serialized response: large outputs are written straight
+        to the wire format (codec.predict_response_bytes)."""
         ref = codec.model_ref(request)
         limit = self._max_elements
         inputs = await _offload(
@@ -154,22 +155,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
         result = await self.service.predict(ref, inputs, request.output_filter)
         del inputs
-        codec.check_output_sizes(result.outputs, limit)
+        outputs = result.outputs
+        codec.check_output_sizes(outputs, limit)
         response = predict_pb2.PredictResponse()
         fill_spec(response.model_spec, result.name, result.version, result.signature_name)
-        size = sum(array.nbytes for array in result.outputs.values())
-        await _offload(size, lambda: self._encode(result.outputs, response.outputs))
-        return response
-
-    def _encode(
-        self, arrays: Mapping[str, Any], outputs: Mapping[str, tensor_pb2.TensorProto]
-    ) -> None:
+        del result
+        size = sum(array.nbytes for array in outputs.values())
         raw = self._tensor_content
-        for alias, array in arrays.items():
-            if raw and array.dtype != object:
-                codec.to_tensor_content(array, outputs[alias])
-            else:
-                codec.from_ndarray(array, out=outputs[alias])
+        return await _offload(size, lambda: codec.predict_response_bytes(response, outputs, raw))
 
     @rpc("classify")
     async def Classify(
@@ -274,9 +267,8 @@ _METHODS: dict[str, dict[str, type[Message]]] = {
 
 
 def _response_size(response: Message) -> int:
-    """A cheap estimate of the serialized size (ByteSize() itself serializes)."""
-    if isinstance(response, predict_pb2.PredictResponse):
-        return codec.request_size(response.outputs)
+    """Serialize on the loop: the responses left to protobuf here are small
+    (Predict writes its own bytes; V2 passes its own estimate)."""
     return 0
 
 
@@ -319,6 +311,8 @@ def _raw_method(
         del request
         if response is None:  # aborted
             return b""
+        if isinstance(response, bytes):  # serialized by the handler itself
+            return response
         return await _offload(response_size(response), response.SerializeToString)
 
     return call

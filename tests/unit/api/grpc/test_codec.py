@@ -288,3 +288,91 @@ def test_large_fields_go_through_in_chunks(monkeypatch) -> None:
     assert codec.to_ndarray(proto).tolist() == values.tolist()
     half = np.linspace(-2, 2, 11).astype(np.float16)
     assert codec.to_ndarray(codec.from_ndarray(half)).tolist() == half.tolist()
+
+
+# ----------------------------------------------------------------- responses
+
+
+def _protobuf_response(outputs: dict[str, np.ndarray], tensor_content: bool) -> bytes:
+    """What protobuf itself writes for the response: the reference."""
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = "m"
+    response.model_spec.version.value = 7
+    response.model_spec.signature_name = "serving_default"
+    for alias, array in outputs.items():
+        if tensor_content and array.dtype != object:
+            codec.to_tensor_content(array, response.outputs[alias])
+        else:
+            codec.from_ndarray(array, out=response.outputs[alias])
+    return response.SerializeToString(deterministic=True)
+
+
+def _written_response(outputs: dict[str, np.ndarray], tensor_content: bool) -> bytes:
+    """The hand-written path, whatever the responses' size."""
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = "m"
+    response.model_spec.version.value = 7
+    response.model_spec.signature_name = "serving_default"
+    limit = codec.WRITE_RESPONSE_ABOVE
+    codec.WRITE_RESPONSE_ABOVE = 0
+    try:
+        return codec.predict_response_bytes(response, outputs, tensor_content)
+    finally:
+        codec.WRITE_RESPONSE_ABOVE = limit
+
+
+@pytest.mark.parametrize("tensor_content", [False, True], ids=["typed", "tensor_content"])
+@pytest.mark.parametrize(("dtype", "np_dtype", "field", "raw", "decoded"), TYPED, ids=IDS)
+def test_the_response_writer_writes_protobufs_bytes(
+    dtype, np_dtype, field, raw, decoded, tensor_content
+) -> None:
+    array = np.array(decoded, dtype=np_dtype).reshape(2, 1)
+    for shape in [(2, 1), (1, 2, 1)]:
+        outputs = {"y": array.reshape(shape)}
+        assert _written_response(outputs, tensor_content) == _protobuf_response(
+            outputs, tensor_content
+        )
+
+
+@pytest.mark.parametrize("tensor_content", [False, True], ids=["typed", "tensor_content"])
+def test_the_response_writer_handles_many_outputs_and_edge_shapes(tensor_content) -> None:
+    big = np.linspace(-1, 1, 300_000, dtype=np.float32)  # multi-byte length varints
+    outputs = {
+        "z": big.reshape(-1, 3),
+        "a": np.float64(2.5) * np.ones(()),  # a scalar
+        "empty": np.zeros((0, 4), np.float32),
+        "strided": big[::2],  # not contiguous
+        "bytes": np.array([b"x", b"yz"], dtype=object),
+        "ints": np.arange(-3, 3, dtype=np.int32),
+        "naïve": np.array([np.nan, -0.0, np.inf], np.float32),  # bits kept, non-ASCII key
+    }
+    written = _written_response(outputs, tensor_content)
+    assert written == _protobuf_response(outputs, tensor_content)
+    parsed = predict_pb2.PredictResponse.FromString(written)
+    assert sorted(parsed.outputs) == sorted(outputs)
+    assert codec.to_ndarray(parsed.outputs["z"]).tolist() == big.reshape(-1, 3).tolist()
+    assert codec.to_ndarray(parsed.outputs["a"]).shape == ()
+
+
+def test_the_response_writer_copies_a_large_output_once() -> None:
+    """Its only copy of the values is the one bytes object it returns."""
+    import tracemalloc
+
+    values = np.ones(2_000_000, np.float32)
+    tracemalloc.start()
+    try:
+        data = _written_response({"y": values}, False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) > values.nbytes
+    assert peak < values.nbytes * 1.1
+
+
+def test_small_responses_go_through_protobuf() -> None:
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = "m"
+    outputs = {"y": np.array([[2.5]], np.float32), "s": np.array([b"a"], dtype=object)}
+    data = codec.predict_response_bytes(response, outputs)
+    assert data == response.SerializeToString()  # filled in place, then serialized
+    assert predict_pb2.PredictResponse.FromString(data).outputs["y"].float_val == [2.5]

@@ -53,9 +53,12 @@ def _predict_request(x: list[list[float]], **spec) -> predict_pb2.PredictRequest
 def _call(method, request):
     context = Context()
     try:
-        return asyncio.run(method(request, context)), None
+        response = asyncio.run(method(request, context))
     except Aborted:
         return None, context.status
+    if isinstance(response, bytes):  # Predict answers its response serialized
+        response = predict_pb2.PredictResponse.FromString(response)
+    return response, None
 
 
 @pytest.fixture
