@@ -233,6 +233,35 @@ def test_large_predict_bounded_in_memory_and_does_not_stall_others(server) -> No
     assert seen["probes"] > 3 and seen["worst"] < 3.0, seen
 
 
+def short_body(layout: str, count: int) -> bytes:
+    """Single digits as `json.dumps` writes them: a few bytes per value, the costliest
+    case as Python objects (`[1, 2, ...]` or `[[1], [2], ...]`)."""
+    digits = np.arange(count) % 10
+    values = digits.tolist() if layout == "flat" else digits.reshape(-1, 1).tolist()
+    return json.dumps({"instances": values}).encode()
+
+
+@pytest.mark.parametrize(("layout", "count"), [("flat", 8_000_000), ("rows", 5_000_000)])
+def test_large_predict_of_short_numbers_bounded_and_not_stalling(server, layout, count) -> None:
+    body = short_body(layout, count)
+    assert 20 * MB < len(body) < 30 * MB
+    with watched(server) as seen:
+        started = time.monotonic()
+        response = requests.post(server.rest_url + PREDICT, data=body, timeout=120)
+        elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.content[:300]
+    predictions = response.json()["predictions"]
+    assert len(predictions) == count
+    assert predictions[:3] in ([2.0, 2.5, 3.0], [[2.0], [2.5], [3.0]])
+    growth = (seen["peak"] - seen["base"]) / len(body)
+    print(
+        f"short {layout}: {len(body) / MB:.0f} MB body, peak +{growth:.1f}x, {elapsed:.2f}s, "
+        f"small worst {seen['worst']:.3f}s over {seen['probes']} probes"
+    )
+    assert growth <= 6, seen
+    assert seen["probes"] > 3 and seen["worst"] < 0.5, seen
+
+
 def test_large_string_instance_gets_a_short_400_quickly(server) -> None:
     body = b'{"instances": ["' + b"a" * (30 * MB) + b'"]}'
     with watched(server) as seen:
