@@ -289,6 +289,20 @@ def test_time_limit_bounds_a_large_request(start_server, model_root) -> None:
     small_predict(proc)
 
 
+def test_max_tensor_elements_bounds_rest_requests(start_server, model_root) -> None:
+    proc = start_server(
+        "--model_name=hp", f"--model_base_path={model_root / 'hp'}", "--max_tensor_elements=1000"
+    )
+    response = requests.post(proc.rest_url + PREDICT, json={"instances": [1.0] * 1001}, timeout=30)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "tensor parsing error: x (shape [1001] has 1001 elements, more than the "
+        "limit of 1000 (--max_tensor_elements))"
+    }
+    response = requests.post(proc.rest_url + PREDICT, json={"instances": [1.0] * 1000}, timeout=30)
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 1000
+
+
 # ----------------------------------------------- client mistakes are 4xx
 
 

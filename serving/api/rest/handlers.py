@@ -25,6 +25,7 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from serving.api.grpc.codec import DEFAULT_MAX_ELEMENTS, check_output_sizes, too_many_elements
 from serving.api.messages import model_spec, signature_def_map, status_response
 from serving.api.rest import decode, jsonfmt, numeric
 from serving.api.rest.http import HttpServer, Request, Response, error_response
@@ -68,13 +69,20 @@ class RestApi:
     `observer` is accepted for the transport's wiring and unused: requests are
     counted by the service's own observer (`service.observe`). `timeout_s`
     (--rest_api_timeout_in_ms) is each request's time limit, enforced there too.
+    `max_elements` (--max_tensor_elements) bounds every request and response
+    tensor, as on gRPC.
     """
 
     def __init__(
-        self, service: InferenceService, observer: Any = None, timeout_s: float | None = None
+        self,
+        service: InferenceService,
+        observer: Any = None,
+        timeout_s: float | None = None,
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
     ) -> None:
         self.service = service
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
+        self.max_elements = max_elements
         self._openapi: bytes | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._verbs: dict[str, Verb] = {
@@ -160,9 +168,10 @@ class RestApi:
             # JSON has no types of its own: decoded against the signature's inputs.
             nonlocal layout
             arrays, layout = decode.predict_inputs(doc, specs, fast)
-            return arrays
+            return _check_sizes(arrays, self.max_elements)
 
         result = await self.service.predict(ref, inputs)
+        check_output_sizes(result.outputs, self.max_elements)
         if layout == decode.ROW:
             return jsonfmt.predict_row(result.outputs)
         return jsonfmt.predict_columnar(result.outputs)
@@ -181,9 +190,10 @@ class RestApi:
             nonlocal layout, doc, deferred
             arrays, layout = await self._offload(_convert, doc, deferred, specs, fast, deadline)
             doc = deferred = None  # the body and Python objects go once the arrays exist
-            return arrays
+            return _check_sizes(arrays, self.max_elements)
 
         result = await self.service.predict(ref, inputs)
+        check_output_sizes(result.outputs, self.max_elements)
         encode: Callable[[Mapping[str, np.ndarray]], bytes | list[bytes]] = (
             jsonfmt.predict_row_pieces if layout == decode.ROW else jsonfmt.predict_columnar
         )
@@ -229,6 +239,16 @@ class RestApi:
             + "}\n}\n"
         )
         return text.encode()
+
+
+def _check_sizes(arrays: dict[str, np.ndarray], limit: int) -> dict[str, np.ndarray]:
+    """The request tensors, or INVALID_ARGUMENT naming one past --max_tensor_elements
+    (JSON costs bytes per element, so the body size already bounds the memory)."""
+    for name, array in arrays.items():
+        why = too_many_elements(array.size, array.shape, limit)
+        if why:
+            raise invalid_argument(f"tensor parsing error: {name} ({why})")
+    return arrays
 
 
 def _take_body(request: Request) -> bytes | bytearray:
