@@ -92,7 +92,9 @@ class Span:
     int_hi: int = 0
     big: float = 0.0  # the largest magnitude of a number that may have been an integer
     top: float = 0.0  # the largest magnitude of any number
-    slices: list[tuple[int, int]] = field(default_factory=list)  # between commas
+    # Between commas: (start, end, the integers already parsed when they take
+    # less room than their text, else None: parsed again from the text).
+    slices: list[tuple[int, int, np.ndarray | None]] = field(default_factory=list)
 
     def to_array(self, spec: TensorSpec) -> np.ndarray | None:
         """The values as the signature's dtype, or None when the general path must decide."""
@@ -113,8 +115,10 @@ class Span:
             return None  # strings, bools and the rest: numbers are an error there
         out = np.empty(self.count, dtype=spec.np_dtype)
         done = 0
-        for start, end in self.slices:
-            values: np.ndarray = np.array(_numbers(self.body, start, end), dtype=work)
+        for start, end, kept in self.slices:
+            values: np.ndarray = (
+                kept if kept is not None else np.array(_numbers(self.body, start, end), work)
+            )
             # Narrowing wraps as TF Serving's int_val does (300 becomes 44 in uint8).
             np.copyto(out[done : done + len(values)], values, casting="unsafe")
             done += len(values)
@@ -174,11 +178,12 @@ def _check(span: Span) -> None:
         outer += int(((tok == _COMMA) & (level == 1)).sum())
         for lvl in range(2, rank + 1):
             _periodic(tok[events & (level == lvl)], lvl, sizes, seen)
-        values = _numbers(body, pos, cut)
+        text = body[pos:cut]
+        values = orjson.loads(b"[" + text.translate(_UNBRACKET) + b"]")
         if len(values) != int(is_num.sum()):
             raise _NotPlain
-        _summarize(span, values, ints)
-        span.slices.append((pos, cut))
+        kept = _summarize(span, values, ints, text)
+        span.slices.append((pos, cut, kept))
         depth = int(after[-1])
         last = int(tok[-1])
         pos = stop
@@ -211,23 +216,45 @@ def _periodic(ev: np.ndarray, lvl: int, sizes: dict[int, int], seen: dict[int, i
         raise _NotPlain
 
 
-def _summarize(span: Span, values: list, ints: list[int]) -> None:
-    arr = np.array(values)
-    if arr.dtype == np.int64:
+def _summarize(
+    span: Span, values: list, ints: list[int], text: bytes | bytearray
+) -> np.ndarray | None:
+    """Fold one slice's numbers into the span's summary; return them as the narrowest
+    integer array when that is smaller than half their text (kept, not parsed again)."""
+    if b"." not in text and b"e" not in text and b"E" not in text:
+        try:
+            arr = np.array(values, dtype=np.int64)
+        except OverflowError:
+            raise _NotPlain from None  # past int64: the general path decides
         lo, hi = int(arr.min()), int(arr.max())
+        if max(-lo, hi) >= 1 << 62:
+            # Near int64's ends (or a number past uint64, which orjson reads as a
+            # float): the exact range from the Python values.
+            lo, hi = min(values), max(values)
+            if (
+                not (isinstance(lo, int) and isinstance(hi, int))
+                or hi > _INT_RANGES[types_pb2.DT_INT64][1]
+            ):
+                raise _NotPlain
         ints[0], ints[1] = min(ints[0], lo), max(ints[1], hi)
         top = float(max(-lo, hi))
         span.big = max(span.big, top)
         span.top = max(span.top, top)
-        return
-    if arr.dtype != np.float64:
-        raise _NotPlain  # past int64 (uint64): the general path decides
+        for small in (np.int8, np.int16, np.int32):
+            info = np.iinfo(small)
+            if info.min <= lo and hi <= info.max:
+                if len(arr) * np.dtype(small).itemsize * 2 <= len(text):
+                    return arr.astype(small)
+                break
+        return None
+    arr = np.array(values, dtype=np.float64)
     span.has_float = True
     magnitude = np.abs(arr)
     span.top = max(span.top, float(magnitude.max()))
     integral = magnitude[arr == np.floor(arr)]
     if integral.size:
         span.big = max(span.big, float(integral.max()))
+    return None
 
 
 # ------------------------------------------------------------------ the body
