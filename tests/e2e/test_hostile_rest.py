@@ -229,6 +229,7 @@ def test_large_predict_bounded_in_memory_and_does_not_stall_others(server) -> No
     assert response.status_code == 200
     assert len(response.json()["predictions"]) == body.count(b",") + 1
     growth = (seen["peak"] - seen["base"]) / len(body)
+    print(f"float32 {len(body) / MB:.0f} MB: peak +{growth:.1f}x, small worst {seen['worst']:.3f}s")
     assert growth <= 6, seen
     assert seen["probes"] > 3 and seen["worst"] < 3.0, seen
 
