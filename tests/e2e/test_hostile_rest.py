@@ -229,8 +229,38 @@ def test_large_predict_bounded_in_memory_and_does_not_stall_others(server) -> No
     assert response.status_code == 200
     assert len(response.json()["predictions"]) == body.count(b",") + 1
     growth = (seen["peak"] - seen["base"]) / len(body)
+    print(f"float32 {len(body) / MB:.0f} MB: peak +{growth:.1f}x, small worst {seen['worst']:.3f}s")
     assert growth <= 6, seen
     assert seen["probes"] > 3 and seen["worst"] < 3.0, seen
+
+
+def short_body(layout: str, count: int) -> bytes:
+    """Single digits as `json.dumps` writes them: a few bytes per value, the costliest
+    case as Python objects (`[1, 2, ...]` or `[[1], [2], ...]`)."""
+    digits = np.arange(count) % 10
+    values = digits.tolist() if layout == "flat" else digits.reshape(-1, 1).tolist()
+    return json.dumps({"instances": values}).encode()
+
+
+@pytest.mark.parametrize(("layout", "count"), [("flat", 8_000_000), ("rows", 5_000_000)])
+def test_large_predict_of_short_numbers_bounded_and_not_stalling(server, layout, count) -> None:
+    body = short_body(layout, count)
+    assert 20 * MB < len(body) < 30 * MB
+    with watched(server) as seen:
+        started = time.monotonic()
+        response = requests.post(server.rest_url + PREDICT, data=body, timeout=120)
+        elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.content[:300]
+    predictions = response.json()["predictions"]
+    assert len(predictions) == count
+    assert predictions[:3] in ([2.0, 2.5, 3.0], [[2.0], [2.5], [3.0]])
+    growth = (seen["peak"] - seen["base"]) / len(body)
+    print(
+        f"short {layout}: {len(body) / MB:.0f} MB body, peak +{growth:.1f}x, {elapsed:.2f}s, "
+        f"small worst {seen['worst']:.3f}s over {seen['probes']} probes"
+    )
+    assert growth <= 6, seen
+    assert seen["probes"] > 3 and seen["worst"] < 0.5, seen
 
 
 def test_large_string_instance_gets_a_short_400_quickly(server) -> None:
@@ -258,6 +288,20 @@ def test_time_limit_bounds_a_large_request(start_server, model_root) -> None:
     assert response.status_code == 504 and response.json() == {"error": "Deadline Exceeded"}
     assert time.monotonic() - started < 10
     small_predict(proc)
+
+
+def test_max_tensor_elements_bounds_rest_requests(start_server, model_root) -> None:
+    proc = start_server(
+        "--model_name=hp", f"--model_base_path={model_root / 'hp'}", "--max_tensor_elements=1000"
+    )
+    response = requests.post(proc.rest_url + PREDICT, json={"instances": [1.0] * 1001}, timeout=30)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "tensor parsing error: x (shape [1001] has 1001 elements, more than the "
+        "limit of 1000 (--max_tensor_elements))"
+    }
+    response = requests.post(proc.rest_url + PREDICT, json={"instances": [1.0] * 1000}, timeout=30)
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 1000
 
 
 # ----------------------------------------------- client mistakes are 4xx

@@ -65,7 +65,7 @@ async def start_rest(options: Any, service: Any, observer: Any = None) -> HttpSe
         cors=options.rest_api_enable_cors_support,
         limits=limits,
     )
-    RestApi(service, observer, timeout_s).mount(http)
+    RestApi(service, observer, timeout_s, options.max_tensor_elements).mount(http)
     host = options.rest_api_host
     try:
         await http.start(options.rest_api_port, host)

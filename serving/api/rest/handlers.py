@@ -25,8 +25,9 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from serving.api.grpc.codec import DEFAULT_MAX_ELEMENTS, check_output_sizes, too_many_elements
 from serving.api.messages import model_spec, signature_def_map, status_response
-from serving.api.rest import decode, jsonfmt
+from serving.api.rest import decode, jsonfmt, numeric
 from serving.api.rest.http import HttpServer, Request, Response, error_response
 from serving.errors import ServingError, failed_precondition, invalid_argument
 from serving.inference.model_ref import ModelRef
@@ -55,7 +56,7 @@ JSON_WORKERS = 2
 # A verb: (model reference from the path, request body) -> response body.
 # The verb takes the body out of the request (`request.body` is emptied), so a
 # large body is freed once parsed rather than when the response is written.
-Verb = Callable[[ModelRef, Request], Awaitable[bytes]]
+Verb = Callable[[ModelRef, Request], Awaitable[bytes | list[bytes]]]
 
 
 def _openapi() -> bytes:
@@ -68,13 +69,20 @@ class RestApi:
     `observer` is accepted for the transport's wiring and unused: requests are
     counted by the service's own observer (`service.observe`). `timeout_s`
     (--rest_api_timeout_in_ms) is each request's time limit, enforced there too.
+    `max_elements` (--max_tensor_elements) bounds every request and response
+    tensor, as on gRPC.
     """
 
     def __init__(
-        self, service: InferenceService, observer: Any = None, timeout_s: float | None = None
+        self,
+        service: InferenceService,
+        observer: Any = None,
+        timeout_s: float | None = None,
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
     ) -> None:
         self.service = service
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
+        self.max_elements = max_elements
         self._openapi: bytes | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._verbs: dict[str, Verb] = {
@@ -147,7 +155,7 @@ class RestApi:
 
     # ------------------------------------------------------------------- verbs
 
-    async def predict(self, ref: ModelRef, request: Request) -> bytes:
+    async def predict(self, ref: ModelRef, request: Request) -> bytes | list[bytes]:
         if len(request.body) > OFFLOAD_BYTES:
             return await self._predict_large(ref, request)
         body = _take_body(request)
@@ -160,31 +168,35 @@ class RestApi:
             # JSON has no types of its own: decoded against the signature's inputs.
             nonlocal layout
             arrays, layout = decode.predict_inputs(doc, specs, fast)
-            return arrays
+            return _check_sizes(arrays, self.max_elements)
 
         result = await self.service.predict(ref, inputs)
+        check_output_sizes(result.outputs, self.max_elements)
         if layout == decode.ROW:
             return jsonfmt.predict_row(result.outputs)
         return jsonfmt.predict_columnar(result.outputs)
 
-    async def _predict_large(self, ref: ModelRef, request: Request) -> bytes:
+    async def _predict_large(self, ref: ModelRef, request: Request) -> bytes | list[bytes]:
         """`predict` with the parse, the conversion to arrays and the response in worker
         threads; each stage first checks the request's deadline, so work for a request
         that has already timed out stops at the next stage."""
         deadline = self._deadline()
         holder = [_take_body(request)]
-        doc, fast = await self._offload(_parse_large, holder, deadline)
+        doc, fast, deferred = await self._offload(_parse_large, holder, deadline)
         ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
         layout = decode.ROW
 
         async def inputs(specs: Mapping[str, TensorSpec]) -> Mapping[str, np.ndarray]:
-            nonlocal layout, doc
-            arrays, layout = await self._offload(_convert, doc, specs, fast, deadline)
-            doc = None  # the Python objects go as soon as the arrays exist
-            return arrays
+            nonlocal layout, doc, deferred
+            arrays, layout = await self._offload(_convert, doc, deferred, specs, fast, deadline)
+            doc = deferred = None  # the body and Python objects go once the arrays exist
+            return _check_sizes(arrays, self.max_elements)
 
         result = await self.service.predict(ref, inputs)
-        encode = jsonfmt.predict_row if layout == decode.ROW else jsonfmt.predict_columnar
+        check_output_sizes(result.outputs, self.max_elements)
+        encode: Callable[[Mapping[str, np.ndarray]], bytes | list[bytes]] = (
+            jsonfmt.predict_row_pieces if layout == decode.ROW else jsonfmt.predict_columnar
+        )
         if sum(a.nbytes for a in result.outputs.values()) <= OFFLOAD_BYTES // 8:
             return encode(result.outputs)
         return await self._offload(_encode, encode, result.outputs, deadline)
@@ -206,7 +218,7 @@ class RestApi:
             ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
             return ref, decode.examples(doc)
         deadline = self._deadline()
-        doc, _fast = await self._offload(_parse_large, [_take_body(request)], deadline)
+        doc = await self._offload(_parse_examples, [_take_body(request)], deadline)
         ref = ModelRef(ref.name, ref.version, ref.label, decode.signature_name(doc))
         return ref, await self._offload(decode.examples, doc)
 
@@ -229,6 +241,16 @@ class RestApi:
         return text.encode()
 
 
+def _check_sizes(arrays: dict[str, np.ndarray], limit: int) -> dict[str, np.ndarray]:
+    """The request tensors, or INVALID_ARGUMENT naming one past --max_tensor_elements
+    (JSON costs bytes per element, so the body size already bounds the memory)."""
+    for name, array in arrays.items():
+        why = too_many_elements(array.size, array.shape, limit)
+        if why:
+            raise invalid_argument(f"tensor parsing error: {name} ({why})")
+    return arrays
+
+
 def _take_body(request: Request) -> bytes | bytearray:
     body, request.body = request.body, b""
     return body
@@ -239,25 +261,44 @@ def _check_deadline(deadline: float | None) -> None:
         raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
 
-def _parse_large(holder: list, deadline: float | None) -> tuple[dict, bool]:
+def _parse_examples(holder: list, deadline: float | None) -> dict:
     body = holder.pop()  # the only reference: the body is freed once parsed
     _check_deadline(deadline)
+    return decode.parse_json(body)
+
+
+def _parse_large(
+    holder: list, deadline: float | None
+) -> tuple[dict, bool, numeric.Deferred | None]:
+    """The document; large arrays of plain numbers stay text (checked) until the
+    signature's dtypes are known, the rest of the body is freed once parsed."""
+    body = holder.pop()
+    _check_deadline(deadline)
     fast = b"true" not in body and b"false" not in body
-    return decode.parse_json(body), fast
+    split = numeric.split(body)
+    if split is not None:
+        return split[0], fast, split[1]
+    return decode.parse_json(body), fast, None
 
 
 def _convert(
-    doc: dict, specs: Mapping[str, TensorSpec], fast: bool, deadline: float | None
+    doc: dict,
+    deferred: numeric.Deferred | None,
+    specs: Mapping[str, TensorSpec],
+    fast: bool,
+    deadline: float | None,
 ) -> tuple[dict[str, np.ndarray], str]:
     _check_deadline(deadline)
+    if deferred is not None:
+        return numeric.predict_inputs(doc, deferred, specs, fast)
     return decode.predict_inputs(doc, specs, fast)
 
 
 def _encode(
-    encode: Callable[[Mapping[str, np.ndarray]], bytes],
+    encode: Callable[[Mapping[str, np.ndarray]], bytes | list[bytes]],
     outputs: Mapping[str, np.ndarray],
     deadline: float | None,
-) -> bytes:
+) -> bytes | list[bytes]:
     _check_deadline(deadline)
     return encode(outputs)
 

@@ -54,6 +54,10 @@ _CLOSE = (b"connection", b"close")
 # its handlers; anything else never reaches them.
 METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _ALLOW = "GET, HEAD, POST, OPTIONS"
+# A larger response body is handed to the connection this much at a time, each
+# slice after the previous one has drained: the transport then never holds a
+# copy of the whole body beside the body itself.
+SEND_SLICE = 1 << 18
 
 # ASGI's callables, spelled out so no ASGI typing package is needed.
 Scope = dict[str, Any]
@@ -80,7 +84,7 @@ class Request:
 @dataclass(slots=True)
 class Response:
     status: int
-    body: bytes = b""
+    body: bytes | list[bytes] = b""  # pieces are sent one after another
     content_type: str = JSON
     headers: list[tuple[str, str]] = field(default_factory=list)
 
@@ -234,9 +238,10 @@ class RestApp:
 
     async def _send(self, send: Send, method: str, response: Response, *, close: bool) -> None:
         body = response.body
+        pieces = body if isinstance(body, list) else [body]
         headers = [
             (b"content-type", response.content_type.encode("latin-1")),
-            (b"content-length", str(len(body)).encode()),
+            (b"content-length", str(sum(map(len, pieces))).encode()),
         ]
         if close:
             headers.append(_CLOSE)
@@ -245,7 +250,18 @@ class RestApp:
         for name, value in response.headers:
             headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        pieces = [piece for piece in pieces if piece]
+        if not pieces or (len(pieces) == 1 and len(pieces[0]) <= SEND_SLICE):
+            await send({"type": "http.response.body", "body": pieces[0] if pieces else b""})
+            return
+        for index, piece in enumerate(pieces):
+            view = memoryview(piece)
+            for start in range(0, len(piece), SEND_SLICE):
+                end = start + SEND_SLICE
+                more = end < len(piece) or index + 1 < len(pieces)
+                await send(
+                    {"type": "http.response.body", "body": view[start:end], "more_body": more}
+                )
 
 
 class _TooLarge(Exception):

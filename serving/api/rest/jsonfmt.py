@@ -25,7 +25,7 @@ from serving.errors import invalid_argument
 
 INDENT = "    "
 # Numbers formatted per `%` operation when a large answer is written in slices.
-_CHUNK_ELEMENTS = 1 << 16
+_CHUNK_ELEMENTS = 1 << 14
 _ESCAPES = {i: f"\\u{i:04X}" for i in range(0x20)}
 _ESCAPES.update({0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"})
 _ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
@@ -180,17 +180,19 @@ def _rows_text(rows: list) -> str:
     return ", ".join([layout(row, 2, True) for row in rows])
 
 
-def _single_rows(array: np.ndarray, head: str, tail: str) -> bytes | None:
-    """`_single` for a row-format answer, a slice of rows at a time.
+def _single_rows(array: np.ndarray, head: str, tail: str) -> list[bytes] | None:
+    """`_single` for a row-format answer, a slice of rows at a time, as pieces.
 
     A large tensor formatted in one go holds several Python objects per number
     at once (pieces, numbers, their tuple, the text) and keeps the GIL for the
-    whole `%`; slices bound both, and the answer is joined once from bytes.
+    whole `%`; slices bound both, and the pieces are sent as they are (a joined
+    copy would double the answer's memory).
     """
     per_row = max(1, int(np.prod(array.shape[1:])))
     step = max(1, _CHUNK_ELEMENTS // per_row)
     if array.ndim == 0 or len(array) <= step or array.dtype.kind not in "fiub":
-        return _single(array, head, _rows_text, tail)
+        whole = _single(array, head, _rows_text, tail)
+        return None if whole is None else [whole]
     parts: list[bytes] = [head.encode()]
     for start in range(0, len(array), step):
         part = _single(array[start : start + step], "", _rows_text, "")
@@ -200,11 +202,16 @@ def _single_rows(array: np.ndarray, head: str, tail: str) -> bytes | None:
             parts.append(b", ")
         parts.append(part)
     parts.append(tail.encode())
-    return b"".join(parts)
+    return parts
 
 
 def predict_row(outputs: Mapping[str, np.ndarray]) -> bytes:
     """`{"predictions": [...]}`: one entry per batch row (an object if several outputs)."""
+    return b"".join(predict_row_pieces(outputs))
+
+
+def predict_row_pieces(outputs: Mapping[str, np.ndarray]) -> list[bytes]:
+    """`predict_row`'s answer in pieces, to be sent one after another."""
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
     batch = _check_batch(outputs)
@@ -218,8 +225,8 @@ def predict_row(outputs: Mapping[str, np.ndarray]) -> bytes:
             return fast
         rows = tensor_texts(name, array, np.ndim(array) + 1).tolist()
         if np.ndim(array) == 1:
-            return _encode(head + ", ".join(rows) + tail)
-        return _encode(head + ", ".join([layout(row, 2, True) for row in rows]) + tail)
+            return [_encode(head + ", ".join(rows) + tail)]
+        return [_encode(head + ", ".join([layout(row, 2, True) for row in rows]) + tail)]
     columns = [
         (json_string(name), tensor_texts(name, array, np.ndim(array) + 2).tolist())
         for name, array in outputs.items()
@@ -230,7 +237,7 @@ def predict_row(outputs: Mapping[str, np.ndarray]) -> bytes:
         fields = [key_pad + key + ": " + layout(rows[row], 3, True) for key, rows in columns]
         items.append("{" + ",".join(fields) + "\n" + INDENT * 2 + "}")
     pad = "\n" + INDENT * 2
-    return _encode(head + pad + ("," + pad).join(items) + tail)
+    return [_encode(head + pad + ("," + pad).join(items) + tail)]
 
 
 def predict_columnar(outputs: Mapping[str, np.ndarray]) -> bytes:

@@ -39,7 +39,8 @@ def api():
 
 def handle(api: RestApi, path: str, body: bytes, method: str = "POST") -> tuple[int, str]:
     response: Response = asyncio.run(api.handle(Request(method, path, "", {}, body)))
-    text = response.body.decode("utf-8", errors="replace")
+    body = response.body if isinstance(response.body, bytes) else b"".join(response.body)
+    text = body.decode("utf-8", errors="replace")
     return response.status, json.loads(text)["error"] if response.status != 200 else text
 
 

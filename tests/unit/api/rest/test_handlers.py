@@ -23,7 +23,8 @@ def api():
 def _handle(api: RestApi, method: str, path: str, body: object = b"") -> tuple[int, object]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     response: Response = asyncio.run(api.handle(Request(method, path, "", {}, raw)))
-    return response.status, json.loads(response.body)
+    body = response.body if isinstance(response.body, bytes) else b"".join(response.body)
+    return response.status, json.loads(body)
 
 
 # ------------------------------------------------------------------- routing
@@ -194,3 +195,20 @@ def test_a_draining_server_refuses_with_503(api) -> None:
     api.service.observer.draining = True
     status, body = _handle(api, "GET", f"/v1/models/{MODEL}")
     assert (status, body) == (503, {"error": "Server is shutting down"})
+
+
+def test_max_tensor_elements_bounds_rest_tensors_on_both_paths() -> None:
+    path = f"/v1/models/{MODEL}:predict"
+    with small_service(RecordingObserver()) as service:
+        for count in (11, 300_000):  # the event-loop path and the large-body path
+            body = json.dumps({"instances": [[float(i % 10)] for i in range(count)]}).encode()
+            api = RestApi(service, timeout_s=30.0, max_elements=count - 1)
+            assert _handle(api, "POST", path, body) == (
+                400,
+                {
+                    "error": f"tensor parsing error: x (shape [{count}, 1] has {count} "
+                    f"elements, more than the limit of {count - 1} (--max_tensor_elements))"
+                },
+            )
+            code, answer = _handle(RestApi(service, max_elements=count), "POST", path, body)
+            assert code == 200 and len(answer["predictions"]) == count  # type: ignore[arg-type]
