@@ -260,7 +260,9 @@ def test_large_predict_of_short_numbers_bounded_and_not_stalling(server, layout,
         f"small worst {seen['worst']:.3f}s over {seen['probes']} probes"
     )
     assert growth <= 6, seen
-    assert seen["probes"] > 3 and seen["worst"] < 0.5, seen
+    # Parsing everything at once stalled a small request for 1.7 s here; in
+    # pieces it waits tens of milliseconds (the bound leaves room for a busy CI).
+    assert seen["probes"] > 3 and seen["worst"] < 1.0, seen
 
 
 def test_large_string_instance_gets_a_short_400_quickly(server) -> None:
