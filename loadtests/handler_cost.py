@@ -128,10 +128,10 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
             v2_body = json.dumps(
                 {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
             ).encode()
-            v2_http_request = Request("POST", f"/v2/models/{MODEL}/infer", "", {}, v2_body)
+            v2_path = f"/v2/models/{MODEL}/infer"
             request, context = _request(), _Context()
             body = json.dumps({"instances": [[1.0]]}).encode()
-            http_request = Request("POST", f"/v1/models/{MODEL}:predict", "", {}, body)
+            path = f"/v1/models/{MODEL}:predict"
             servable = next(iter(server.manager._models[MODEL].versions.values())).servable
             signature = servable.signatures["serving_default"]
             x = {"x": np.array([[1.0]], np.float32)}
@@ -143,12 +143,12 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
                 return await grpc_api.Predict(request, context)
 
             async def rest_predict() -> object:
-                response = await rest_api.handle(http_request)
+                response = await rest_api.handle(Request("POST", path, "", {}, body))
                 assert response.status == 200, response.body
                 return response
 
             async def rest_dispatch() -> object:
-                response = await http.dispatch(http_request)
+                response = await http.dispatch(Request("POST", path, "", {}, body))
                 assert response.status == 200, response.body
                 return response
 
@@ -156,12 +156,12 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
                 return await v2_grpc.ModelInfer(v2_request, context)
 
             async def v2_rest_infer() -> object:
-                response = await v2_rest.handle(v2_http_request)
+                response = await v2_rest.handle(Request("POST", v2_path, "", {}, v2_body))
                 assert response.status == 200, response.body
                 return response
 
             async def v2_rest_dispatch() -> object:
-                response = await http.dispatch(v2_http_request)
+                response = await http.dispatch(Request("POST", v2_path, "", {}, v2_body))
                 assert response.status == 200, response.body
                 return response
 
