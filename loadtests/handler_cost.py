@@ -105,7 +105,7 @@ def _build_v2(server, http):
     return V2Servicer(server.v2), v2_rest, request
 
 
-async def measure(rounds: int, number: int) -> dict[str, float]:
+async def measure(rounds: int, number: int, batching: bool = False) -> dict[str, float]:
     from serving.api.rest.http import Request
     from serving.examples import write_half_plus_two
     from serving.flags import parse_flags
@@ -113,7 +113,12 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         write_half_plus_two(Path(tmp) / MODEL / "1")
-        options = parse_flags([f"--model_name={MODEL}", f"--model_base_path={tmp}/{MODEL}"])
+        flags = [f"--model_name={MODEL}", f"--model_base_path={tmp}/{MODEL}"]
+        if batching:
+            params = Path(tmp) / "batching.pbtxt"
+            params.write_text("max_batch_size { value: 128 } batch_timeout_micros { value: 0 }")
+            flags += ["--enable_batching", f"--batching_parameters_file={params}"]
+        options = parse_flags(flags)
         server = ModelServer(options)
         server.core.apply(server.initial_models, require_absolute=False)
         server.source.start()
@@ -192,8 +197,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--number", type=int, default=2000)
+    parser.add_argument(
+        "--enable_batching",
+        action="store_true",
+        help="through the batching runner (max_batch_size 128, batch_timeout_micros 0)",
+    )
     args = parser.parse_args()
-    result = asyncio.run(measure(args.rounds, args.number))
+    result = asyncio.run(measure(args.rounds, args.number, args.enable_batching))
     floor = result["model"]
     print(f"{'path':<14}{'best µs':>10}{'median µs':>12}{'over model':>12}")
     names = ("model", "grpc", "rest", "rest+http", "v2-grpc", "v2-rest", "v2-rest+http")
