@@ -150,12 +150,14 @@ class BatchingRunner:
         if (
             queue.inline
             and not queue.timeout
+            and not queue.gathering
             and queue not in self._alone
             and queue not in self._inline
         ):
             # With no batch timeout, the loop iteration's first request for a
             # fast queue runs at once; later ones in the same iteration queue
-            # up and run as one batch.
+            # up and run as one batch. Once an iteration brings several, the
+            # queue gathers them all until iterations bring one again.
             alone = self._scheduler.run_alone(queue, Task(inputs, rows, None))
             if alone is not None:
                 self._alone.add(queue)
@@ -175,10 +177,13 @@ class BatchingRunner:
 
     def _wake(self) -> None:
         self._wake_pending = False
-        self._alone.clear()
+        alone = self._alone
         if self._inline:
             queues, self._inline = self._inline, []
             self._scheduler.run_inline(queues)
+            for queue in queues:
+                queue.gathering = queue.drained + (queue in alone) > 1
+        alone.clear()
         self._scheduler.wake()
 
     def close(self) -> None:

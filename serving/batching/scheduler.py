@@ -166,6 +166,10 @@ class BatchQueue:
         # loop may run this queue's batches itself (see the module docstring).
         self._runs: deque[float] = deque(maxlen=INLINE_WINDOW)
         self.inline = False
+        # Set by the runner when one loop iteration brought this queue two or
+        # more requests: then a lone request queues instead of running at once.
+        self.gathering = False
+        self.drained = 0  # requests the last `run_inline` ran from this queue
 
     # ------------------------------------------------------- under the lock
 
@@ -404,6 +408,7 @@ class Scheduler:
         the threads, which `wake` then calls.
         """
         for queue in queues:
+            queue.drained = 0
             while True:
                 with self._cond:
                     batch = queue.take(time.monotonic())
@@ -414,6 +419,7 @@ class Scheduler:
                 items = queue.process(batch)
                 self.batches += 1
                 self.tasks += len(batch.tasks)
+                queue.drained += len(batch.tasks)
                 _resolve(items)
 
     def wake(self) -> None:
