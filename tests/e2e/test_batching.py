@@ -214,7 +214,9 @@ def test_stateful_counter_with_batching(server):
     call("reset_counter")
     with ThreadPoolExecutor(16) as pool:
         ones = list(pool.map(lambda _: call("incr_counter"), range(20)))
-        twos = list(pool.map(lambda _: call("incr_counter_by", {"delta": np.float32(2.0)}), range(10)))
+        twos = list(
+            pool.map(lambda _: call("incr_counter_by", {"delta": np.float32(2.0)}), range(10))
+        )
     # Each request ran on its own, never merged into a batch: a merged run
     # would add once for several requests. The model's AssignAdd ops have
     # use_locking=false, so TensorFlow itself may lose a rare concurrent
