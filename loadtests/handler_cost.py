@@ -106,7 +106,7 @@ def _build_v2(server, http):
     return V2Servicer(server.v2), v2_rest, request
 
 
-async def measure(rounds: int, number: int) -> dict[str, float]:
+async def measure(rounds: int, number: int, batching: bool = False) -> dict[str, float]:
     from serving.api.rest.http import Request
     from serving.examples import write_half_plus_two
     from serving.flags import parse_flags
@@ -114,7 +114,12 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         write_half_plus_two(Path(tmp) / MODEL / "1")
-        options = parse_flags([f"--model_name={MODEL}", f"--model_base_path={tmp}/{MODEL}"])
+        flags = [f"--model_name={MODEL}", f"--model_base_path={tmp}/{MODEL}"]
+        if batching:
+            params = Path(tmp) / "batching.pbtxt"
+            params.write_text("max_batch_size { value: 128 } batch_timeout_micros { value: 0 }")
+            flags += ["--enable_batching", f"--batching_parameters_file={params}"]
+        options = parse_flags(flags)
         server = ModelServer(options)
         server.core.apply(server.initial_models, require_absolute=False)
         server.source.start()
@@ -129,10 +134,10 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
             v2_body = json.dumps(
                 {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
             ).encode()
-            v2_http_request = Request("POST", f"/v2/models/{MODEL}/infer", "", {}, v2_body)
+            v2_path = f"/v2/models/{MODEL}/infer"
             request, context = _request(), _Context()
             body = json.dumps({"instances": [[1.0]]}).encode()
-            http_request = Request("POST", f"/v1/models/{MODEL}:predict", "", {}, body)
+            path = f"/v1/models/{MODEL}:predict"
             servable = next(iter(server.manager._models[MODEL].versions.values())).servable
             signature = servable.signatures["serving_default"]
             x = {"x": np.array([[1.0]], np.float32)}
@@ -144,12 +149,12 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
                 return await grpc_api.Predict(request, context)
 
             async def rest_predict() -> object:
-                response = await rest_api.handle(http_request)
+                response = await rest_api.handle(Request("POST", path, "", {}, body))
                 assert response.status == 200, response.body
                 return response
 
             async def rest_dispatch() -> object:
-                response = await http.dispatch(http_request)
+                response = await http.dispatch(Request("POST", path, "", {}, body))
                 assert response.status == 200, response.body
                 return response
 
@@ -157,12 +162,12 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
                 return await v2_grpc.ModelInfer(v2_request, context)
 
             async def v2_rest_infer() -> object:
-                response = await v2_rest.handle(v2_http_request)
+                response = await v2_rest.handle(Request("POST", v2_path, "", {}, v2_body))
                 assert response.status == 200, response.body
                 return response
 
             async def v2_rest_dispatch() -> object:
-                response = await http.dispatch(v2_http_request)
+                response = await http.dispatch(Request("POST", v2_path, "", {}, v2_body))
                 assert response.status == 200, response.body
                 return response
 
@@ -193,8 +198,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--number", type=int, default=2000)
+    parser.add_argument(
+        "--enable_batching",
+        action="store_true",
+        help="through the batching runner (max_batch_size 128, batch_timeout_micros 0)",
+    )
     args = parser.parse_args()
-    result = asyncio.run(measure(args.rounds, args.number))
+    result = asyncio.run(measure(args.rounds, args.number, args.enable_batching))
     floor = result["model"]
     print(f"{'path':<14}{'best µs':>10}{'median µs':>12}{'over model':>12}")
     names = ("model", "grpc", "rest", "rest+http", "v2-grpc", "v2-rest", "v2-rest+http")

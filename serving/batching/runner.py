@@ -100,6 +100,8 @@ class BatchingRunner:
         self._wake_pending = False
         # Fast queues that got requests in this loop iteration (drained inline).
         self._inline: list[BatchQueue] = []
+        # Fast queues that ran a request alone in this loop iteration.
+        self._alone: set[BatchQueue] = set()
 
     def prepare(self, servable: Servable) -> None:
         """At load time: pick the servable's batching options (per-model file if enabled).
@@ -145,6 +147,24 @@ class BatchingRunner:
                 state.options, servable, signature, outputs, state.mark_unbatchable, self._metrics
             )
         loop = asyncio.get_running_loop()
+        if (
+            queue.inline
+            and not queue.timeout
+            and not queue.gathering
+            and queue not in self._alone
+            and queue not in self._inline
+        ):
+            # With no batch timeout, the loop iteration's first request for a
+            # fast queue runs at once; later ones in the same iteration queue
+            # up and run as one batch. Once an iteration brings several, the
+            # queue gathers them all until iterations bring one again.
+            alone = self._scheduler.run_alone(queue, Task(inputs, rows, None))
+            if alone is not None:
+                self._alone.add(queue)
+                if not self._wake_pending:
+                    self._wake_pending = True
+                    loop.call_soon(self._wake)
+                return alone
         future = loop.create_future()
         self._scheduler.submit(queue, Task(inputs, rows, future))
         if queue.inline and queue not in self._inline:
@@ -157,9 +177,13 @@ class BatchingRunner:
 
     def _wake(self) -> None:
         self._wake_pending = False
+        alone = self._alone
         if self._inline:
             queues, self._inline = self._inline, []
             self._scheduler.run_inline(queues)
+            for queue in queues:
+                queue.gathering = queue.drained + (queue in alone) > 1
+        alone.clear()
         self._scheduler.wake()
 
     def close(self) -> None:

@@ -76,6 +76,41 @@ def test_concurrent_requests_get_their_own_rows():
     runner.close()
 
 
+def test_fast_queue_runs_a_lone_request_at_once_and_still_merges_bursts():
+    servable = HalfPlusTwo()  # fast: its batches run on the event loop
+    runner = _runner(max_batch_size=32)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for i in range(20):  # one request per loop iteration
+            out = await _call(runner, servable, np.full((1, 1), i, np.float32))
+            np.testing.assert_array_equal(out["y"], [[i * 0.5 + 2]])
+            await asyncio.sleep(0)
+        lone = len(servable.batches)
+        # The first request ran on a batch thread (the queue had no run times yet);
+        # once fast, a lone request runs inside its own call, with no future.
+        future = loop.create_future
+        loop.create_future = None  # type: ignore[method-assign]
+        try:
+            await _call(runner, servable, np.ones((1, 1), np.float32))
+        finally:
+            loop.create_future = future  # type: ignore[method-assign]
+        # Bursts: after the iteration's first request, the rest gather into
+        # one batch, and once a burst was seen the whole next burst merges.
+        for _ in range(2):
+            xs = [np.full((1, 1), i, np.float32) for i in range(8)]
+            outs = await asyncio.gather(*(_call(runner, servable, x) for x in xs))
+            for x, out in zip(xs, outs, strict=True):
+                np.testing.assert_array_equal(out["y"], x * 0.5 + 2)
+            await asyncio.sleep(0)
+        return lone
+
+    lone = asyncio.run(main())
+    assert servable.batches[:lone] == [1] * 20
+    assert servable.batches[lone + 1 :] == [1, 7, 8]
+    runner.close()
+
+
 def test_padding_to_allowed_sizes_never_leaks():
     servable = HalfPlusTwo(delay=0.01)
     runner = _runner(max_batch_size=8, allowed_batch_sizes=(2, 4, 8))
