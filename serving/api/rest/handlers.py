@@ -56,7 +56,7 @@ JSON_WORKERS = 2
 # A verb: (model reference from the path, request body) -> response body.
 # The verb takes the body out of the request (`request.body` is emptied), so a
 # large body is freed once parsed rather than when the response is written.
-Verb = Callable[[ModelRef, Request], Awaitable[bytes | list[bytes]]]
+Verb = Callable[[ModelRef, Request], Awaitable[bytes | list[bytes] | jsonfmt.Pieces]]
 
 
 def _openapi() -> bytes:
@@ -155,7 +155,9 @@ class RestApi:
 
     # ------------------------------------------------------------------- verbs
 
-    async def predict(self, ref: ModelRef, request: Request) -> bytes | list[bytes]:
+    async def predict(
+        self, ref: ModelRef, request: Request
+    ) -> bytes | list[bytes] | jsonfmt.Pieces:
         if len(request.body) > OFFLOAD_BYTES:
             return await self._predict_large(ref, request)
         body = _take_body(request)
@@ -176,7 +178,9 @@ class RestApi:
             return jsonfmt.predict_row(result.outputs)
         return jsonfmt.predict_columnar(result.outputs)
 
-    async def _predict_large(self, ref: ModelRef, request: Request) -> bytes | list[bytes]:
+    async def _predict_large(
+        self, ref: ModelRef, request: Request
+    ) -> bytes | list[bytes] | jsonfmt.Pieces:
         """`predict` with the parse, the conversion to arrays and the response in worker
         threads; each stage first checks the request's deadline, so work for a request
         that has already timed out stops at the next stage."""
@@ -194,8 +198,8 @@ class RestApi:
 
         result = await self.service.predict(ref, inputs)
         check_output_sizes(result.outputs, self.max_elements)
-        encode: Callable[[Mapping[str, np.ndarray]], bytes | list[bytes]] = (
-            jsonfmt.predict_row_pieces if layout == decode.ROW else jsonfmt.predict_columnar
+        encode: Callable[[Mapping[str, np.ndarray]], list[bytes] | jsonfmt.Pieces] = (
+            jsonfmt.predict_row_pieces if layout == decode.ROW else jsonfmt.predict_columnar_pieces
         )
         if sum(a.nbytes for a in result.outputs.values()) <= OFFLOAD_BYTES // 8:
             return encode(result.outputs)
@@ -295,10 +299,10 @@ def _convert(
 
 
 def _encode(
-    encode: Callable[[Mapping[str, np.ndarray]], bytes | list[bytes]],
+    encode: Callable[[Mapping[str, np.ndarray]], list[bytes] | jsonfmt.Pieces],
     outputs: Mapping[str, np.ndarray],
     deadline: float | None,
-) -> bytes | list[bytes]:
+) -> list[bytes] | jsonfmt.Pieces:
     _check_deadline(deadline)
     return encode(outputs)
 

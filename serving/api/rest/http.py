@@ -30,9 +30,9 @@ import dataclasses
 import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import uvicorn
@@ -81,10 +81,18 @@ class Request:
         return unquote(self.path)
 
 
+class Streamed(Protocol):
+    """A body written while it is sent: its exact size first, then its bytes in order."""
+
+    nbytes: int
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+
 @dataclass(slots=True)
 class Response:
     status: int
-    body: bytes | list[bytes] = b""  # pieces are sent one after another
+    body: bytes | list[bytes] | Streamed = b""  # pieces are sent one after another
     content_type: str = JSON
     headers: list[tuple[str, str]] = field(default_factory=list)
 
@@ -238,10 +246,14 @@ class RestApp:
 
     async def _send(self, send: Send, method: str, response: Response, *, close: bool) -> None:
         body = response.body
-        pieces = body if isinstance(body, list) else [body]
+        if isinstance(body, bytes | bytearray | list):
+            pieces: Iterable[bytes] = body if isinstance(body, list) else [body]
+            length = sum(map(len, pieces))
+        else:
+            pieces, length = body, body.nbytes
         headers = [
             (b"content-type", response.content_type.encode("latin-1")),
-            (b"content-length", str(sum(map(len, pieces))).encode()),
+            (b"content-length", str(length).encode()),
         ]
         if close:
             headers.append(_CLOSE)
@@ -250,18 +262,16 @@ class RestApp:
         for name, value in response.headers:
             headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        pieces = [piece for piece in pieces if piece]
-        if not pieces or (len(pieces) == 1 and len(pieces[0]) <= SEND_SLICE):
-            await send({"type": "http.response.body", "body": pieces[0] if pieces else b""})
+        if length <= SEND_SLICE:
+            whole = body if isinstance(body, bytes | bytearray) else b"".join(pieces)
+            await send({"type": "http.response.body", "body": whole})
             return
-        for index, piece in enumerate(pieces):
+        for piece in pieces:
             view = memoryview(piece)
             for start in range(0, len(piece), SEND_SLICE):
-                end = start + SEND_SLICE
-                more = end < len(piece) or index + 1 < len(pieces)
-                await send(
-                    {"type": "http.response.body", "body": view[start:end], "more_body": more}
-                )
+                chunk = view[start : start + SEND_SLICE]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class _TooLarge(Exception):

@@ -15,7 +15,7 @@ directives (C code, correctly rounded) formats a whole tensor.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -64,11 +64,16 @@ def _fill(specs: np.ndarray, numbers: list) -> np.ndarray:
     """Apply one `%` to all pieces at once; return the texts, same shape."""
     if not numbers:
         return specs
-    flat = specs.reshape(-1).tolist()
-    texts = ("\x00".join(flat) % tuple(numbers)).split("\x00")
+    texts = _joined(specs, numbers).split("\x00")
     out = np.empty(len(texts), dtype=object)
     out[:] = texts
     return out.reshape(specs.shape)
+
+
+def _joined(specs: np.ndarray, numbers: list) -> str:
+    """The texts of all pieces, in order, NUL-separated (no JSON text holds a raw NUL)."""
+    joined = "\x00".join(specs.reshape(-1).tolist())
+    return joined % tuple(numbers) if numbers else joined
 
 
 # Below this many elements, formatting each value in Python beats the vectorised
@@ -260,6 +265,104 @@ def predict_columnar(outputs: Mapping[str, np.ndarray]) -> bytes:
             "\n" + INDENT * 2 + json_string(name) + ": " + layout(texts.tolist(), 2, False)
         )
     return _encode("{\n" + INDENT + '"outputs": {' + ",".join(fields) + "\n" + INDENT + "}\n}")
+
+
+class Pieces:
+    """A large answer as its exact length plus the means to write it a slice at a time.
+
+    The columnar layout spends tens of bytes of indentation per number, so the
+    written answer is several times its tensors; it is kept as the numbers' texts
+    (NUL-joined, a few bytes each) and each slice's text is built from a template
+    of the layout only when it is sent.
+    """
+
+    def __init__(self) -> None:
+        self.nbytes = 0
+        self._parts: list[tuple[bytes, bytes | None]] = []  # (literal or template, texts)
+
+    def literal(self, text: str) -> None:
+        data = _encode(text)
+        self._parts.append((data, None))
+        self.nbytes += len(data)
+
+    def filled(self, template: bytes, texts: bytes, count: int) -> None:
+        """`template` with `count` `%s` slots, filled by the NUL-separated `texts`."""
+        self._parts.append((template, texts))
+        self.nbytes += len(template) - 2 * count + len(texts) - (count - 1)
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The answer's bytes in order; short literals between slices are sent together."""
+        pending: list[bytes] = []
+        for template, texts in self._parts:
+            if texts is None:
+                pending.append(template)
+                continue
+            if pending:
+                yield b"".join(pending)
+                pending = []
+            yield template % tuple(texts.split(b"\x00"))
+        if pending:
+            yield b"".join(pending)
+
+
+def _columnar_value(
+    out: Pieces, name: str, array: np.ndarray, depth: int, chunk: int, templates: dict
+) -> None:
+    """`layout(tensor_texts(array), depth, False)` into `out`, `chunk` numbers per slice."""
+    b64_depth = array.ndim + depth
+    if array.ndim == 0 or array.size <= chunk:
+        out.literal(layout(tensor_texts(name, array, b64_depth).tolist(), depth, False))
+        return
+    inner = depth + 1
+    pad = "\n" + INDENT * inner
+    out.literal("[" + pad)
+    per_item = int(np.prod(array.shape[1:]))
+    if per_item > chunk:
+        for index in range(len(array)):
+            if index:
+                out.literal("," + pad)
+            _columnar_value(out, name, array[index], inner, chunk, templates)
+    else:
+        step = max(1, chunk // per_item)
+        for start in range(0, len(array), step):
+            if start:
+                out.literal("," + pad)
+            part = array[start : start + step]
+            key = (part.shape, inner)
+            if key not in templates:
+                slots = np.full(part.shape, "%s", dtype=object).tolist()
+                text = ("," + pad).join([layout(item, inner, False) for item in slots])
+                templates[key] = text.encode()
+            numeric = _numeric_specs(part)
+            if numeric is not None:
+                texts = _joined(*numeric)
+            else:
+                texts = "\x00".join(tensor_texts(name, part, b64_depth).reshape(-1).tolist())
+            out.filled(templates[key], _encode(texts), part.size)
+    out.literal("\n" + INDENT * depth + "]")
+
+
+def predict_columnar_pieces(
+    outputs: Mapping[str, np.ndarray], chunk: int = _CHUNK_ELEMENTS
+) -> Pieces:
+    """`predict_columnar`'s answer, written `chunk` numbers at a time when sent."""
+    if not outputs:
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
+    out = Pieces()
+    templates: dict = {}
+    if len(outputs) == 1:
+        ((name, array),) = outputs.items()
+        out.literal("{\n" + INDENT + '"outputs": ')
+        _columnar_value(out, name, np.asarray(array), 1, chunk, templates)
+        out.literal("\n}")
+        return out
+    out.literal("{\n" + INDENT + '"outputs": {')
+    for index, (name, array) in enumerate(outputs.items()):
+        key = "\n" + INDENT * 2 + json_string(name) + ": "
+        out.literal(("," if index else "") + key)
+        _columnar_value(out, name, np.asarray(array), 2, chunk, templates)
+    out.literal("\n" + INDENT + "}\n}")
+    return out
 
 
 def classify_json(classes: np.ndarray | None, scores: np.ndarray | None) -> bytes:

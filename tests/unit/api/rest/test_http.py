@@ -8,12 +8,12 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from serving.api.rest.http import HttpServer, Limits, Request, Response, RestApp
+from serving.api.rest.http import SEND_SLICE, HttpServer, Limits, Request, Response, RestApp
 
 # ------------------------------------------------------------ ASGI app alone
 
@@ -92,6 +92,56 @@ def test_body_by_length_and_chunks() -> None:
         app, scope("POST", headers={"Content-Length": "6"}), [b"abc", b"def"]
     )
     assert (status, body, calls, seen[-1].body) == (200, b'{"n": 6}', 2, b"abcdef")
+
+
+class Generated:
+    """A streamed body: its size up front, its bytes made while it is sent."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+        self.nbytes = sum(map(len, parts))
+        self.made = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self.parts:
+            self.made += 1
+            yield part
+
+
+def respond(body: bytes | list[bytes] | Generated) -> tuple[dict, list[dict], list[int]]:
+    """Send `body` as a response: the start message, the body messages, and how many
+    of a generated body's parts were made when each body message went out."""
+    app = RestApp(max_body_bytes=100)
+    sent: list[dict[str, Any]] = []
+    made: list[int] = []
+
+    async def handler(request: Request) -> Response:
+        return Response(200, body)
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and isinstance(body, Generated):
+            made.append(body.made)
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    app.add_route("GET", "/x", handler)
+    asyncio.run(app(scope(), receive, send))
+    return sent[0], sent[1:], made
+
+
+def test_large_and_streamed_bodies_go_out_in_slices_after_their_length() -> None:
+    big = [b"a" * (SEND_SLICE + 5), b"", b"b" * 3, b"c" * (2 * SEND_SLICE)]
+    for body in (big, Generated(big), Generated([b"x", b"yz"]), b"z" * (SEND_SLICE + 1)):
+        start, messages, made = respond(body)
+        expected = body if isinstance(body, bytes) else b"".join(body)
+        assert b"".join(bytes(m["body"]) for m in messages) == expected
+        assert start["headers"][1] == (b"content-length", str(len(expected)).encode())
+        assert all(len(m["body"]) <= SEND_SLICE for m in messages)
+        assert messages[-1].get("more_body", False) is False
+        if isinstance(body, Generated) and len(expected) > SEND_SLICE:
+            assert made[0] == 1  # the first slice went out before the rest was made
 
 
 def test_declared_length_over_the_limit_is_413_without_reading() -> None:

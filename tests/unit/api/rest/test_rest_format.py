@@ -107,3 +107,67 @@ def test_small_tensors_format_exactly_as_the_vectorised_path(dtype, monkeypatch)
     small = [jsonfmt.tensor_texts("y", a).tolist() for a in arrays]
     monkeypatch.setattr(jsonfmt, "_SMALL", -1)  # every size through the vectorised path
     assert small == [jsonfmt.tensor_texts("y", a).tolist() for a in arrays]
+
+
+SHAPES = [(), (0,), (1,), (7,), (2, 0), (0, 3), (6, 1), (4, 3), (3, 2, 2), (2, 3, 4, 1), (1, 9)]
+
+
+def columnar_cases(shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """One output tensor of `shape` per dtype the JSON answer writes differently."""
+    rng = np.random.default_rng(len(shape) * 31 + int(np.prod(shape)))
+    size = int(np.prod(shape))
+    floats = (rng.standard_normal(size) * 1e3).astype(np.float32)
+    floats[::4] = np.nan
+    floats[1::5] = -np.inf
+    texts = [f'a\x00"é\\{i}\n'.encode() + b"\xff" for i in range(size)]
+    cases = {
+        "f32": floats,
+        "f64": rng.standard_normal(size),
+        "f16": rng.random(size).astype(np.float16),
+        "i64": rng.integers(-(2**62), 2**62, size),
+        "u8": rng.integers(0, 256, size).astype(np.uint8),
+        "flag": rng.random(size) > 0.5,
+        "text": np.array(texts, dtype=object),
+        "raw_bytes": np.array([bytes([i % 256, 0, 10]) for i in range(size)], dtype=object),
+    }
+    return {name: array.reshape(shape) for name, array in cases.items()}
+
+
+def pieces_bytes(outputs: dict[str, np.ndarray], chunk: int) -> bytes:
+    pieces = jsonfmt.predict_columnar_pieces(outputs, chunk)
+    joined = b"".join(pieces)
+    assert pieces.nbytes == len(joined)
+    return joined
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_columnar_pieces_are_the_one_go_answer(shape: tuple[int, ...]) -> None:
+    cases = columnar_cases(shape)
+    for name, array in cases.items():
+        whole = jsonfmt.predict_columnar({name: array})
+        for chunk in (1, 2, 3, 5, 64, 1 << 14):
+            assert pieces_bytes({name: array}, chunk) == whole, (name, chunk)
+    names = list(cases)
+    for pair in zip(names, names[1:] + names[:1], strict=True):
+        outputs = {name: cases[name] for name in pair}
+        whole = jsonfmt.predict_columnar(outputs)
+        for chunk in (1, 4, 1 << 14):
+            assert pieces_bytes(outputs, chunk) == whole, (pair, chunk)
+    whole = jsonfmt.predict_columnar(cases)
+    assert pieces_bytes(cases, 3) == whole
+
+
+def test_columnar_pieces_refuse_what_the_one_go_answer_refuses() -> None:
+    with pytest.raises(ServingError, match="empty tensor map"):
+        jsonfmt.predict_columnar_pieces({})
+    with pytest.raises(ServingError, match="Failed to write JSON value"):
+        jsonfmt.predict_columnar_pieces({"c": np.ones(10, np.complex64)}, 2)
+
+
+def test_large_columnar_answer_is_written_a_bounded_slice_at_a_time() -> None:
+    y = (np.arange(200_000) % 10 * 0.5 + 2).astype(np.float32).reshape(-1, 1)
+    pieces = jsonfmt.predict_columnar_pieces({"y": y}, 1000)
+    sizes = [len(piece) for piece in pieces]
+    assert sum(sizes) == pieces.nbytes and len(sizes) > 100
+    assert max(sizes) < 1000 * 64  # one slice's numbers and their indentation
+    assert json.loads(b"".join(pieces))["outputs"][:3] == [[2.0], [2.5], [3.0]]
