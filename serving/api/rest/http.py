@@ -271,6 +271,9 @@ class RestApp:
             for start in range(0, len(piece), SEND_SLICE):
                 chunk = view[start : start + SEND_SLICE]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # `send` returns without yielding while the socket takes the data, so a
+                # fast reader of a large answer would keep every other client waiting.
+                await asyncio.sleep(0)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
