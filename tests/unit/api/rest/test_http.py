@@ -144,6 +144,33 @@ def test_large_and_streamed_bodies_go_out_in_slices_after_their_length() -> None
             assert made[0] == 1  # the first slice went out before the rest was made
 
 
+def test_other_tasks_run_between_the_slices_of_a_large_answer() -> None:
+    app = RestApp(max_body_bytes=100)
+    ticks = 0
+    seen: list[int] = []
+
+    async def handler(request: Request) -> Response:
+        return Response(200, [b"a" * (4 * SEND_SLICE)])
+
+    async def send(message: dict[str, Any]) -> None:
+        seen.append(ticks)  # never blocks, as when the socket takes everything
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def main() -> None:
+        nonlocal ticks
+        sending = asyncio.ensure_future(app(scope(), receive, send))
+        while not sending.done():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    app.add_route("GET", "/x", handler)
+    asyncio.run(main())
+    body_ticks = seen[1:-1]
+    assert len(body_ticks) == 4 and body_ticks == sorted(set(body_ticks))
+
+
 def test_declared_length_over_the_limit_is_413_without_reading() -> None:
     app, seen = echo_app()
     status, headers, body, calls = call(
