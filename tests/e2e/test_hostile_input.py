@@ -168,9 +168,10 @@ def test_a_100mb_request_does_not_stall_other_clients(server):
     assert len(response.outputs["y"].float_val) == count
     grew = peak(server) - before
     print(f"100 MB request: peak +{grew / MB:.0f} MB, small worst {max(latencies):.3f}s")
-    # gRPC's receive buffer, the request bytes, the parsed message, the graph's
-    # input, copy, intermediate and output.
-    assert grew <= 7 * count * 4
+    # The request bytes gRPC holds until the call ends, the input (copied once,
+    # aligned, so TensorFlow feeds it without a copy of its own), the graph's
+    # intermediate and output, and the response bytes.
+    assert grew <= 5 * count * 4
     assert max(latencies) < SMALL_WORST_S
 
 
@@ -270,9 +271,13 @@ def test_a_flood_gets_resource_exhausted_at_once_never_cancelled(slow_server):
 def test_sigterm_lets_every_accepted_request_finish_or_answers_unavailable(slow_server):
     # SIGTERM right behind the requests: some are running, some the server has
     # received but not yet started; none may end CANCELLED.
-    futures = [
-        slow_server.predict_stub.Predict.future(slow_request(2.0), timeout=30) for _ in range(16)
-    ]
+    def call() -> grpc.Future:
+        return slow_server.predict_stub.Predict.future(slow_request(2.0), timeout=30)
+
+    # One call surely running (two seconds), fifteen racing the signal.
+    futures = [call()]
+    time.sleep(0.3)
+    futures += [call() for _ in range(15)]
     started = time.monotonic()
     os.kill(slow_server.proc.pid, signal.SIGTERM)
     codes = []

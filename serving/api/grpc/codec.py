@@ -31,7 +31,13 @@ from serving.api.messages import fill_spec
 from serving.errors import ServingError, invalid_argument, resource_exhausted
 from serving.inference.model_ref import ModelRef
 from serving.inference.service import ClassifyResult, RegressResult
-from serving.servables.signature import dtype_name, feedable_empty, numpy_dtype, tf_dtype
+from serving.servables.signature import (
+    FEED_ALIGNMENT,
+    dtype_name,
+    feedable_empty,
+    numpy_dtype,
+    tf_dtype,
+)
 
 # DataType → the TensorProto field its values travel in.
 _FIELD: dict[int, str] = {
@@ -74,6 +80,7 @@ _FIXED: dict[int, tuple[int, np.dtype[Any]]] = {
 # Other typed fields go through Python values; this many at a time bounds the
 # temporary lists and lets other threads take the GIL between chunks.
 _CHUNK = 1 << 20
+_ALIGN_ABOVE = 1 << 20  # smaller feeds: TensorFlow's own copy is cheap
 
 # The default of --max_tensor_elements.
 DEFAULT_MAX_ELEMENTS = 100_000_000
@@ -160,7 +167,15 @@ def to_ndarray(
                 f"tensor_content holds {len(raw)} bytes but shape {list(shape)} of "
                 f"{dtype_name(proto.dtype)} needs {count * dtype.itemsize}{label}"
             )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        flat = np.frombuffer(raw, dtype=dtype)
+        if len(raw) > _ALIGN_ABOVE and flat.ctypes.data % FEED_ALIGNMENT:
+            # TensorFlow would copy an unaligned feed and keep that copy for
+            # the whole run; one aligned copy here lets the bytes go at once.
+            aligned = feedable_empty(count, dtype)
+            aligned[:] = flat
+            flat = aligned
+        del raw
+        return flat.reshape(shape)
 
     field = getattr(proto, _FIELD[proto.dtype])
     if proto.dtype in _BITS16:
