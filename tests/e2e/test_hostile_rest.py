@@ -234,6 +234,15 @@ def test_large_predict_bounded_in_memory_and_does_not_stall_others(server) -> No
     assert seen["probes"] > 3 and seen["worst"] < 3.0, seen
 
 
+def post_watched(server: ServerProcess, body: bytes) -> tuple[requests.Response, float, dict]:
+    """POST a large predict while `watched`: the response, its seconds, what was seen."""
+    with watched(server) as seen:
+        started = time.monotonic()
+        response = requests.post(server.rest_url + PREDICT, data=body, timeout=120)
+        elapsed = time.monotonic() - started
+    return response, elapsed, seen
+
+
 def short_body(layout: str, count: int) -> bytes:
     """Single digits as `json.dumps` writes them: a few bytes per value, the costliest
     case as Python objects (`[1, 2, ...]` or `[[1], [2], ...]`)."""
@@ -246,10 +255,7 @@ def short_body(layout: str, count: int) -> bytes:
 def test_large_predict_of_short_numbers_bounded_and_not_stalling(server, layout, count) -> None:
     body = short_body(layout, count)
     assert 20 * MB < len(body) < 30 * MB
-    with watched(server) as seen:
-        started = time.monotonic()
-        response = requests.post(server.rest_url + PREDICT, data=body, timeout=120)
-        elapsed = time.monotonic() - started
+    response, elapsed, seen = post_watched(server, body)
     assert response.status_code == 200, response.content[:300]
     predictions = response.json()["predictions"]
     assert len(predictions) == count
@@ -289,10 +295,7 @@ def test_large_columnar_predict_of_short_numbers_bounded_and_not_stalling(
     small_predict(server)
     body = columnar_body(layout, count)
     assert 20 * MB < len(body) < 30 * MB
-    with watched(server) as seen:
-        started = time.monotonic()
-        response = requests.post(server.rest_url + PREDICT, data=body, timeout=120)
-        elapsed = time.monotonic() - started
+    response, elapsed, seen = post_watched(server, body)
     assert response.status_code == 200, response.content[:300]
     # TF Serving's columnar layout: one number per line, each row of [[...]] its
     # own bracketed block, so the answer is several times the body.
