@@ -34,13 +34,14 @@ INPUTS = "inputs"
 B64 = "b64"
 ROW, COLUMNAR = "row", "columnar"
 
-_FLOAT_MAX_INT = (1 << 24) - 1
-_DOUBLE_MAX_INT = (1 << 53) - 1
-_FLT_MAX = float(np.finfo(np.float32).max)
-_INT32 = (-(1 << 31), (1 << 31) - 1)
-_INT64 = (-(1 << 63), (1 << 63) - 1)
-_FLOATS = (types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)
-_SMALL_INTS = (types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8, types_pb2.DT_UINT8)
+# The rules TF Serving applies to JSON numbers (numeric.py's fast path shares them).
+FLOAT_MAX_INT = (1 << 24) - 1
+DOUBLE_MAX_INT = (1 << 53) - 1
+FLT_MAX = float(np.finfo(np.float32).max)
+INT32 = (-(1 << 31), (1 << 31) - 1)
+INT64 = (-(1 << 63), (1 << 63) - 1)
+FLOATS = (types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)
+SMALL_INTS = (types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8, types_pb2.DT_UINT8)
 # A tensor has at most this many dimensions (TensorFlow's and NumPy's limit).
 MAX_RANK = 64
 # Error messages quote at most this much of the request.
@@ -265,7 +266,7 @@ def _leaf(value: object, depth: int, room: int) -> str:
         return "null"
     if isinstance(value, float):
         # TF prints a top-level double through its float formatter.
-        if depth == 0 and (not math.isfinite(value) or abs(value) <= _FLT_MAX):
+        if depth == 0 and (not math.isfinite(value) or abs(value) <= FLT_MAX):
             return format_scalar(float(np.float32(value)))
         return _rj_double(value)
     if isinstance(value, int) and value.bit_length() > 64 * 8:
@@ -371,30 +372,30 @@ def _is_number(value: object) -> TypeGuard[int | float]:
 
 def _scalar(value: object, dtype: int) -> object:
     """One JSON leaf as TF Serving's AddValueToTensor accepts it."""
-    if dtype in _FLOATS or dtype == types_pb2.DT_DOUBLE:
+    if dtype in FLOATS or dtype == types_pb2.DT_DOUBLE:
         if not _is_number(value):
             raise _type_error(value, dtype)
         double = dtype == types_pb2.DT_DOUBLE
         if isinstance(value, int):
-            if abs(value) > (_DOUBLE_MAX_INT if double else _FLOAT_MAX_INT):
+            if abs(value) > (DOUBLE_MAX_INT if double else FLOAT_MAX_INT):
                 target = "double" if double else "float"
                 raise invalid_argument(
                     f"Cannot convert JSON value: {value} to {target} without loss of precision."
                 )
-        elif math.isfinite(value) and not double and abs(value) > _FLT_MAX:
+        elif math.isfinite(value) and not double and abs(value) > FLT_MAX:
             raise invalid_argument(
                 f"Cannot convert JSON value: {pretty(value)} to float without loss of precision."
             )
         return value
-    if dtype in _SMALL_INTS:
+    if dtype in SMALL_INTS:
         if not (isinstance(value, int) and not isinstance(value, bool)) or not (
-            _INT32[0] <= value <= _INT32[1]
+            INT32[0] <= value <= INT32[1]
         ):
             raise _type_error(value, dtype)
         return value
     if dtype == types_pb2.DT_INT64:
         if not (isinstance(value, int) and not isinstance(value, bool)) or not (
-            _INT64[0] <= value <= _INT64[1]
+            INT64[0] <= value <= INT64[1]
         ):
             raise _type_error(value, dtype)
         return value
@@ -451,7 +452,7 @@ def _to_array(leaves: list, shape: list[int], spec: TensorSpec) -> np.ndarray:
         return arr.reshape(shape)
     if not leaves:
         return np.zeros(shape, dtype=target)
-    if spec.dtype in _SMALL_INTS:
+    if spec.dtype in SMALL_INTS:
         # TF Serving stores these in int_val and narrows: 300 becomes 44 in uint8.
         return np.array(leaves, dtype=np.int64).astype(target).reshape(shape)
     if target.kind == "f" or target.name == "bfloat16":
@@ -471,9 +472,9 @@ def _fast(value: object, spec: TensorSpec) -> np.ndarray | None:
     kind = arr.dtype.kind
     if arr.size == 0 or kind not in "fiu":
         return None
-    if dtype in _FLOATS or dtype == types_pb2.DT_DOUBLE:
+    if dtype in FLOATS or dtype == types_pb2.DT_DOUBLE:
         double = dtype == types_pb2.DT_DOUBLE
-        limit = _DOUBLE_MAX_INT if double else _FLOAT_MAX_INT
+        limit = DOUBLE_MAX_INT if double else FLOAT_MAX_INT
         if kind in "iu":
             if np.abs(arr).max() > limit:
                 return None
@@ -488,13 +489,13 @@ def _fast(value: object, spec: TensorSpec) -> np.ndarray | None:
                 # An integral value past the limit may have been a JSON int: check exactly.
                 if ((big > limit) & (finite == np.floor(finite))).any():
                     return None
-            if not double and top > _FLT_MAX:
+            if not double and top > FLT_MAX:
                 return None
         return arr.astype(spec.np_dtype)
     if kind == "f":
         return None  # ints wanted; the exact path names the offending value
-    if dtype in _SMALL_INTS:
-        if arr.min() < _INT32[0] or arr.max() > _INT32[1]:
+    if dtype in SMALL_INTS:
+        if arr.min() < INT32[0] or arr.max() > INT32[1]:
             return None
         return arr.astype(np.int64).astype(spec.np_dtype)
     if dtype == types_pb2.DT_INT64:
@@ -678,7 +679,7 @@ def _add_feature_value(value: object, name: str, feature: feature_pb2.Feature) -
         feature.bytes_list.value.append(value.encode("utf-8", errors="surrogateescape"))
     elif isinstance(value, float):
         want("float_list")
-        if math.isfinite(value) and abs(value) > _FLT_MAX:
+        if math.isfinite(value) and abs(value) > FLT_MAX:
             raise invalid_argument(
                 f"Cannot convert JSON value: {pretty(value)} to float without loss of precision."
             )
@@ -686,9 +687,9 @@ def _add_feature_value(value: object, name: str, feature: feature_pb2.Feature) -
     else:
         value = cast(int, value)  # what is left of JSON's types
         want("int64_list")
-        if value > _INT64[1]:
+        if value > INT64[1]:
             raise invalid_argument(f"Feature: {name} has uint64 element. Only int64 is supported.")
-        if value < _INT64[0]:
+        if value < INT64[0]:
             raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: Number")
         feature.int64_list.value.append(value)
 

@@ -61,16 +61,11 @@ for _a, _b in [(_NUM, _COMMA), (_NUM, _CLOSE), (_CLOSE, _COMMA), (_CLOSE, _CLOSE
 # (and "[1][2]" still fails, as "1 2").
 _UNBRACKET = bytes.maketrans(b"[]", b"  ")
 
-_FLOAT_MAX_INT = (1 << 24) - 1
-_DOUBLE_MAX_INT = (1 << 53) - 1
-_FLT_MAX = float(np.finfo(np.float32).max)
-_FLOATS = (types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16, types_pb2.DT_DOUBLE)
+_FLOATS = (*decode.FLOATS, types_pb2.DT_DOUBLE)
+# The integer range each dtype accepts from JSON, as the general path checks it.
 _INT_RANGES = {
-    types_pb2.DT_INT32: (-(1 << 31), (1 << 31) - 1),
-    types_pb2.DT_INT16: (-(1 << 31), (1 << 31) - 1),
-    types_pb2.DT_INT8: (-(1 << 31), (1 << 31) - 1),
-    types_pb2.DT_UINT8: (-(1 << 31), (1 << 31) - 1),
-    types_pb2.DT_INT64: (-(1 << 63), (1 << 63) - 1),
+    **dict.fromkeys(decode.SMALL_INTS, decode.INT32),
+    types_pb2.DT_INT64: decode.INT64,
     types_pb2.DT_UINT32: (0, (1 << 32) - 1),
     types_pb2.DT_UINT64: (0, (1 << 63) - 1),
 }
@@ -103,9 +98,9 @@ class Span:
         dtype = spec.dtype
         if dtype in _FLOATS:
             double = dtype == types_pb2.DT_DOUBLE
-            if self.big > (_DOUBLE_MAX_INT if double else _FLOAT_MAX_INT):
+            if self.big > (decode.DOUBLE_MAX_INT if double else decode.FLOAT_MAX_INT):
                 return None  # perhaps an integer a float cannot hold exactly: an error there
-            if not double and self.top > _FLT_MAX:
+            if not double and self.top > decode.FLT_MAX:
                 return None
             work: type = np.float64
         elif dtype in _INT_RANGES:
@@ -233,10 +228,7 @@ def _summarize(
             # Near int64's ends (or a number past uint64, which orjson reads as a
             # float): the exact range from the Python values.
             lo, hi = min(values), max(values)
-            if (
-                not (isinstance(lo, int) and isinstance(hi, int))
-                or hi > _INT_RANGES[types_pb2.DT_INT64][1]
-            ):
+            if not (isinstance(lo, int) and isinstance(hi, int)) or hi > decode.INT64[1]:
                 raise _NotPlain
         ints[0], ints[1] = min(ints[0], lo), max(ints[1], hi)
         top = float(max(-lo, hi))
@@ -345,18 +337,18 @@ def _skip_space(view: np.ndarray, pos: int, limit: int, step: int) -> int:
 def _placed(doc: dict, spans: Mapping[str, Span]) -> bool:
     """Every placeholder stands where a tensor value goes, and nothing the general path
     would quote in an error (the whole document) can show one."""
-    if "instances" in doc and "inputs" in doc:
+    if decode.INSTANCES in doc and decode.INPUTS in doc:
         return False
     name = doc.get("signature_name")
     if name is not None and not isinstance(name, str):
         return False
     found = 0
-    for key in ("instances", "inputs"):
+    for key in (decode.INSTANCES, decode.INPUTS):
         value = doc.get(key)
         if isinstance(value, str) and value in spans:
             found += 1
-        elif key == "inputs" and isinstance(value, dict):
-            if "b64" in value and len(value) == 1:
+        elif key == decode.INPUTS and isinstance(value, dict):
+            if decode.B64 in value and len(value) == 1:
                 return False
             found += sum(isinstance(v, str) and v in spans for v in value.values())
     return found == len(spans)
