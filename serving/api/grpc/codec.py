@@ -313,14 +313,20 @@ def _write_fixed(proto: tensor_pb2.TensorProto, dtype: int, flat: np.ndarray) ->
     The result is the same message as extending the field value by value
     (and serializes to the same bytes), at the cost of one copy.
     """
-    number, wire = _FIXED[dtype]
-    values = flat.view(flat.real.dtype) if dtype in _COMPLEX else flat
+    number, wire, values = _packed(dtype, flat)
     size = values.size * wire.itemsize
     header = _field_tag(number) + _varint_bytes(size)
     buffer = bytearray(len(header) + size)
     buffer[: len(header)] = header
     np.frombuffer(buffer, dtype=wire, offset=len(header))[:] = values
     proto.MergeFromString(buffer)
+
+
+def _packed(dtype: int, flat: np.ndarray) -> tuple[int, np.dtype[Any], np.ndarray]:
+    """A fixed-width type's field number, wire dtype and values as wire elements
+    (a complex number is its real and imaginary parts), not yet cast."""
+    number, wire = _FIXED[dtype]
+    return number, wire, flat.view(flat.real.dtype) if dtype in _COMPLEX else flat
 
 
 def _varint_bytes(value: int) -> bytes:
@@ -410,10 +416,8 @@ def _tensor_pieces(array: np.ndarray, tensor_content: bool) -> list[Any]:
         if raw:
             tag, values = _CONTENT_TAG, np.ascontiguousarray(array.reshape(-1))
         else:
-            number, wire = _FIXED[dtype]
+            number, wire, real = _packed(dtype, array.reshape(-1))
             tag = _field_tag(number)
-            flat = array.reshape(-1)
-            real = flat.view(flat.real.dtype) if dtype in _COMPLEX else flat
             values = np.ascontiguousarray(real, dtype=wire)
         data = values.reshape(-1).view(np.uint8)
         pieces += [tag, _varint_bytes(data.size), data]
