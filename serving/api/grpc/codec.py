@@ -96,6 +96,19 @@ def too_many_elements(count: int, shape: Iterable[int], limit: int) -> str | Non
     return None
 
 
+def _input_too_large(name: str, why: str) -> ServingError:
+    return invalid_argument(f"tensor parsing error: {name} ({why})" if name else why)
+
+
+def check_input_sizes(inputs: Mapping[str, np.ndarray], limit: int) -> None:
+    """Refuse a request tensor larger than the per-request limit (for decoders that
+    cannot check before allocating: JSON already costs bytes per element)."""
+    for name, array in inputs.items():
+        why = too_many_elements(array.size, array.shape, limit)
+        if why:
+            raise _input_too_large(name, why)
+
+
 def check_output_sizes(outputs: Mapping[str, np.ndarray], limit: int) -> None:
     """Refuse to encode a result tensor larger than the per-request limit."""
     for alias, array in outputs.items():
@@ -153,7 +166,7 @@ def to_ndarray(
     count = math.prod(shape)
     why = too_many_elements(count, shape, max_elements)
     if why:
-        raise invalid_argument(f"tensor parsing error: {name} ({why})" if name else why)
+        raise _input_too_large(name, why)
 
     if proto.dtype == types_pb2.DT_STRING:
         flat = np.empty(len(proto.string_val), dtype=object)

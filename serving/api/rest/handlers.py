@@ -25,7 +25,7 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from serving.api.grpc.codec import DEFAULT_MAX_ELEMENTS, check_output_sizes, too_many_elements
+from serving.api.grpc.codec import DEFAULT_MAX_ELEMENTS, check_input_sizes, check_output_sizes
 from serving.api.messages import model_spec, signature_def_map, status_response
 from serving.api.rest import decode, jsonfmt, numeric
 from serving.api.rest.http import HttpServer, Request, Response, error_response
@@ -170,7 +170,8 @@ class RestApi:
             # JSON has no types of its own: decoded against the signature's inputs.
             nonlocal layout
             arrays, layout = decode.predict_inputs(doc, specs, fast)
-            return _check_sizes(arrays, self.max_elements)
+            check_input_sizes(arrays, self.max_elements)
+            return arrays
 
         result = await self.service.predict(ref, inputs)
         check_output_sizes(result.outputs, self.max_elements)
@@ -194,7 +195,8 @@ class RestApi:
             nonlocal layout, doc, deferred
             arrays, layout = await self._offload(_convert, doc, deferred, specs, fast, deadline)
             doc = deferred = None  # the body and Python objects go once the arrays exist
-            return _check_sizes(arrays, self.max_elements)
+            check_input_sizes(arrays, self.max_elements)
+            return arrays
 
         result = await self.service.predict(ref, inputs)
         check_output_sizes(result.outputs, self.max_elements)
@@ -243,16 +245,6 @@ class RestApi:
             + "}\n}\n"
         )
         return text.encode()
-
-
-def _check_sizes(arrays: dict[str, np.ndarray], limit: int) -> dict[str, np.ndarray]:
-    """The request tensors, or INVALID_ARGUMENT naming one past --max_tensor_elements
-    (JSON costs bytes per element, so the body size already bounds the memory)."""
-    for name, array in arrays.items():
-        why = too_many_elements(array.size, array.shape, limit)
-        if why:
-            raise invalid_argument(f"tensor parsing error: {name} ({why})")
-    return arrays
 
 
 def _take_body(request: Request) -> bytes | bytearray:
