@@ -267,12 +267,12 @@ class BatchQueue:
         # answer costs one batch on the wrong side, never a wrong result.
         self.inline = min(runs) < INLINE_BELOW_S
 
-    # ------------------------------------------------------- on a batch thread
-
     def idle(self) -> bool:
         """Nothing waiting: a new request would start a batch of its own."""
         batches = self.batches
         return len(batches) == 1 and not batches[0].size
+
+    # ------------------------------------------------------- on a batch thread
 
     def process(self, batch: Batch) -> list[Resolution]:
         results, error = self.execute(batch)
