@@ -26,6 +26,14 @@ from tensorflow_serving.apis import (
 REPO = Path(__file__).resolve().parent.parent
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
+# The kserve SDK's own virtualenv (its protobuf pin clashes with TensorFlow's).
+KSERVE_VENV_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
+
+
+def kserve_python() -> Path:
+    """The interpreter that runs the kserve SDK's scripts, made by `make install-test`."""
+    assert KSERVE_VENV_PYTHON.exists(), "no .venv-kserve: run `make install-test`"
+    return KSERVE_VENV_PYTHON
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import install
 from tests.e2e.test_observability import write_slow_model
-from tests.harness import REPO, ServerProcess, wait_for
+from tests.harness import ServerProcess, kserve_python, wait_for
 from tests.v2_models import DTYPES, write_v2_dtypes_model
 
 pytestmark = pytest.mark.slow
@@ -506,7 +506,6 @@ def test_sigterm_drain_refuses_new_v2_calls_and_finishes_running_ones(start_serv
 # script run per transport makes every call below; the tests assert on what it
 # printed.
 
-KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
 KSERVE_CLIENT = Path(__file__).with_name("kserve_client.py")
 KSERVE_MODELS = ("half_plus_two", "keras_classifier", "text_embedding", "dtypes")
 
@@ -629,13 +628,12 @@ def _kserve_checks(keras_input: str) -> list[dict]:
 @pytest.fixture(scope="module", params=["rest", "grpc"])
 def kserve_run(request, server, http):
     """(transport, the checks sent, the script's results) for one transport."""
-    assert KSERVE_PYTHON.exists(), "no .venv-kserve: run `make install-test`"
     transport = request.param
     url = f"{server.rest_url}" if transport == "rest" else f"127.0.0.1:{server.grpc_port}"
     (keras_input,) = [t["name"] for t in http.get_model_metadata("keras_classifier")["inputs"]]
     checks = _kserve_checks(keras_input)
     done = subprocess.run(
-        [str(KSERVE_PYTHON), str(KSERVE_CLIENT), transport, url],
+        [str(kserve_python()), str(KSERVE_CLIENT), transport, url],
         input=json.dumps(checks),
         capture_output=True,
         text=True,

@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 
 from serving.flags import parse_flags
+from tests.harness import REPO, kserve_python
 from tests.unit.test_deploy import K8S_VERSIONS, METRICS_PATH, _load_yaml_docs, _need_module
 
-REPO = Path(__file__).resolve().parents[2]
 KSERVE = REPO / "deploy" / "kserve"
-KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
 KSERVE_SCHEMA = Path(__file__).with_name("kserve_schema.py")
 PROTOCOLS = ["v1", "v2", "grpc-v1", "grpc-v2"]  # KServe's protocol version names
 
@@ -166,7 +165,6 @@ def _mutated(doc: dict[str, Any], change: Any) -> dict[str, Any]:
 
 
 def test_manifests_match_the_kserve_sdk_models(tmp_path: Path) -> None:
-    assert KSERVE_PYTHON.exists(), "no .venv-kserve: run `make install-test`"
     runtime, _ = _runtime()
     rest, grpc_service = _docs("inferenceservice.yaml")
     # Each broken copy must fail, for the reason given: the check has teeth.
@@ -205,7 +203,7 @@ def test_manifests_match_the_kserve_sdk_models(tmp_path: Path) -> None:
         path.write_text(json.dumps(doc))  # JSON is YAML
         paths.append(str(path))
     done = subprocess.run(
-        [str(KSERVE_PYTHON), str(KSERVE_SCHEMA), *paths],
+        [str(kserve_python()), str(KSERVE_SCHEMA), *paths],
         capture_output=True,
         text=True,
         timeout=120,
