@@ -32,6 +32,9 @@ class BatchPoint(BaseModel):
     batch: int
     call_us: float
     rows_per_s: float
+    # Process CPU (TensorFlow's own threads included) per row: what a row
+    # costs the machine, whatever the wall time.
+    cpu_us_per_row: float | None = None
 
 
 class Floor(BaseModel):
@@ -94,9 +97,16 @@ def measure(model: BenchModel, version_dir: Path, seconds: float, batch_sizes: l
         points = []
         for size in batch_sizes:
             batch = np.repeat(model.row[None], size, axis=0)
+            cpu = time.process_time()
             timing = time_calls(run(batch), seconds / 2, warmup=3)
+            cpu = time.process_time() - cpu
             points.append(
-                BatchPoint(batch=size, call_us=timing.mean_us, rows_per_s=size * timing.rate)
+                BatchPoint(
+                    batch=size,
+                    call_us=timing.mean_us,
+                    rows_per_s=size * timing.rate,
+                    cpu_us_per_row=cpu * 1e6 / (size * (timing.calls + 3)),
+                )
             )
         return Floor(
             model=model.name,

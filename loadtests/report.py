@@ -193,6 +193,59 @@ def stack_targets(report: Report, top: int) -> list[Target]:
     return out
 
 
+def _cpu_per_request(report: Report, model: str, protocol: str, batching: str, conc: int):
+    for run in report.runs:
+        if (run.model, run.protocol, run.batching, run.concurrency) == (
+            model,
+            protocol,
+            batching,
+            conc,
+        ):
+            return run.cpu_ms_per_1k  # ms per 1,000 requests = µs per request
+    return None
+
+
+def stack_costs(report: Report) -> list[str]:
+    """Server CPU per request over its protocol stack alone, and what the machine allows
+    the CNN: the ratios' causes, from the same run."""
+    c = report.ceilings
+    if c is None:
+        return []
+    top = max((r.concurrency for r in report.runs), default=64)
+    lines = ["Server CPU per request over the stack alone (µs, same run):"]
+    for protocol, stack, conc in (
+        ("grpc", c.grpc_echo, 1),
+        ("grpc", c.grpc_echo, top),
+        ("rest", c.rest_fixed, top),
+    ):
+        base = next((e.cpu_ms_per_1k for e in stack if e.concurrency == conc), None)
+        if base is None:
+            continue
+        parts = []
+        for batching in ("off", "on"):
+            ours = _cpu_per_request(report, HALF_PLUS_TWO, protocol, batching, conc)
+            if ours is not None:
+                parts.append(f"batching {batching} {ours:.0f} (+{ours - base:.0f})")
+        if parts:
+            lines.append(
+                f"  half_plus_two {protocol} c{conc}: stack alone {base:.0f}; " + ", ".join(parts)
+            )
+    cnn = report.floors.get(CNN)
+    echo = next((e.cpu_ms_per_1k for e in c.grpc_echo if e.concurrency == top), None)
+    cores = report.meta.get("cpus")
+    if cnn and echo and cores and cnn.best_batch.cpu_us_per_row:
+        best = cnn.best_batch
+        row = best.cpu_us_per_row
+        bound = cores * 1e6 / (row + echo)
+        lines.append(
+            f"  cnn: the best batch costs {row:.0f} µs of CPU per row and the gRPC stack alone"
+            f" {echo:.0f} per request, so {cores} cores serve at most {bound:.0f} req/s"
+            f" = {bound / best.rows_per_s:.0%} of the best batch, before the load generator's"
+            " and the request path's own share"
+        )
+    return lines
+
+
 def _fmt(x: float, digits: int = 2) -> str:
     return "-" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
@@ -244,6 +297,10 @@ def render(report: Report) -> str:
             f"{head}{r.rps:>10.0f}{_fmt(r.p50_ms):>9}{_fmt(r.p90_ms):>9}{_fmt(r.p99_ms):>9}"
             f"{_fmt(r.mean_ms):>9}{r.errors:>8}{_fmt(run.cpu_ms_per_1k, 0):>11}"
         )
+    costs = stack_costs(report)
+    if costs:
+        lines.append("")
+        lines.extend(costs)
     if report.memory:
         m = report.memory
         lines.append("")

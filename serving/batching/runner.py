@@ -98,6 +98,8 @@ class BatchingRunner:
         )
         self._lock = threading.Lock()
         self._wake_pending = False
+        # A request was queued in this loop iteration (a batch thread may be needed).
+        self._queued = False
         # Fast queues that got requests in this loop iteration (drained inline).
         self._inline: list[BatchQueue] = []
         # Fast queues that ran a request alone in this loop iteration.
@@ -158,7 +160,7 @@ class BatchingRunner:
             # fast queue runs at once; later ones in the same iteration queue
             # up and run as one batch. Once an iteration brings several, the
             # queue gathers them all until iterations bring one again.
-            alone = self._scheduler.run_alone(queue, Task(inputs, rows, None))
+            alone = self._scheduler.run_alone(queue, inputs, rows)
             if alone is not None:
                 self._alone.add(queue)
                 if not self._wake_pending:
@@ -167,6 +169,7 @@ class BatchingRunner:
                 return alone
         future = loop.create_future()
         self._scheduler.submit(queue, Task(inputs, rows, future))
+        self._queued = True
         if queue.inline and queue not in self._inline:
             self._inline.append(queue)
         if not self._wake_pending:
@@ -184,7 +187,9 @@ class BatchingRunner:
             for queue in queues:
                 queue.gathering = queue.drained + (queue in alone) > 1
         alone.clear()
-        self._scheduler.wake()
+        if self._queued:  # an iteration of lone requests has nothing for the threads
+            self._queued = False
+            self._scheduler.wake()
 
     def close(self) -> None:
         scheduler = self._scheduler

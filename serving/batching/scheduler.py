@@ -278,6 +278,24 @@ class BatchQueue:
         results, error = self.execute(batch)
         return resolutions(batch.tasks, results, error)
 
+    def run_one(self, inputs: Mapping[str, np.ndarray], rows: int) -> Outputs:
+        """`execute` for one unpadded request on the caller's thread (`Scheduler.run_alone`):
+        nothing to merge or split, so its errors are raised as they come."""
+        key = self.signature.key
+        self._metrics.observe_queue_wait(self.model, key, 0.0)
+        self._metrics.observe_batch(self.model, key, rows, rows)
+        servable = self._servable()
+        if servable is None:  # cannot happen while requests hold it; be safe
+            raise unavailable(f"{self.describe} was unloaded")
+        ran = time.perf_counter()
+        out = servable.run(self.signature, inputs, self.outputs)
+        self._timed(time.perf_counter() - ran)
+        for value in out.values():
+            if value.ndim == 0 or value.shape[0] != rows:
+                self._on_unbatchable(key, self.describe)
+                break
+        return out
+
     def execute(self, batch: Batch) -> tuple[list[Outputs], ServingError | None]:
         """Merge, run and split one batch: its per-task outputs, or the error for all."""
         tasks = batch.tasks
@@ -380,29 +398,26 @@ class Scheduler:
             self._active[queue] = None
             queue.report_depth()
 
-    def run_alone(self, queue: BatchQueue, task: Task) -> Outputs | None:
-        """On the event loop: run `task` at once as a batch of one, if its queue is idle.
+    def run_alone(
+        self, queue: BatchQueue, inputs: Mapping[str, np.ndarray], rows: int
+    ) -> Outputs | None:
+        """On the event loop: run one request at once as a batch of its own, if its queue is idle.
 
-        None when something is already waiting (the task must queue behind
-        it) or the task does not fit one batch. For a fast queue whose
-        requests arrive one per loop iteration (gRPC under load), every
-        batch is a batch of one anyway; running it here skips the future,
-        the wake-up and the extra loop iteration each queued request costs,
-        and records the same batch metrics.
+        None when something is already waiting (the request must queue behind
+        it) or the request does not fit one unpadded batch. For a fast queue
+        whose requests arrive one per loop iteration (gRPC under load), every
+        batch holds one request anyway; running it here skips the task, the
+        future, the wake-up and the extra loop iteration a queued request
+        costs, and records the same batch metrics.
         """
-        batch = Batch()
         with self._cond:
             if self._closed:
                 raise unavailable("the server is shutting down")
-            if task.size > queue.limit or not queue.idle():
+            if rows > queue.limit or not queue.idle() or queue.options.padded_size(rows) != rows:
                 return None
-            batch.add(task, time.monotonic())
-        results, error = queue.execute(batch)
         self.batches += 1
         self.tasks += 1
-        if error is not None:
-            raise ServingError(error.code, error.message)
-        return results[0]
+        return queue.run_one(inputs, rows)
 
     def run_inline(self, queues: list[BatchQueue]) -> None:
         """On the event loop: run the runnable batches of fast queues right here.

@@ -37,6 +37,7 @@ def test_floor_measures_both_call_paths_on_the_session_loader(quick_bench):
         assert floor["loader"] == "SessionServable"  # not the slow TF2 fallback
         assert floor["public_api"]["calls"] > 0 and floor["server_path"]["calls"] > 0
         assert {p["batch"] for p in floor["batches"]} >= {1, 64}
+        assert all(p["cpu_us_per_row"] > 0 for p in floor["batches"])
     assert not any("object-graph" in n for n in report["meta"]["notes"])
 
 
@@ -105,6 +106,12 @@ def test_ratios_against_the_stacks_and_the_peer_and_cpu_per_request(quick_bench)
     for run in report["runs"]:
         assert run["cpu_ms_per_1k"] > 0, run  # from /proc, every local run
     assert "CPU ms/1k" in stdout
+    # Where the ratios come from: CPU per request over each stack, the CNN's bound.
+    costs = stdout.split("over the stack alone", 1)[1]
+    top = max(report["meta"]["concurrency"])
+    assert f"half_plus_two grpc c{top}: stack alone" in costs
+    assert f"half_plus_two rest c{top}: stack alone" in costs and "batching off" in costs
+    assert "cnn: the best batch costs" in costs and "of the best batch" in costs
 
 
 def test_report_table_targets_and_plot(quick_bench):
