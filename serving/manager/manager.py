@@ -25,9 +25,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -93,6 +92,29 @@ class ServableRequest:
         if self.version is not None:
             return f"Specific({self.name}, {self.version})"
         return f"Latest({self.name})"
+
+
+class Held(Generic[S]):
+    """`ServableManager.acquire`'s handle: a class, not @contextmanager, because
+    it is entered on every request and a generator costs more."""
+
+    __slots__ = ("_entry", "_manager", "_request")
+
+    def __init__(self, manager: ServableManager[S], request: ServableRequest) -> None:
+        self._manager = manager
+        self._request = request
+        self._entry: _Version[S] | None = None
+
+    def __enter__(self) -> S:
+        manager = self._manager
+        entry = self._entry = manager._take(manager.resolve(self._request))
+        assert entry.servable is not None
+        return entry.servable
+
+    def __exit__(self, *exc: object) -> None:
+        if self._entry is not None:
+            self._manager._release(self._entry)
+            self._entry = None
 
 
 class ServableManager(Generic[S]):
@@ -208,18 +230,15 @@ class ServableManager(Generic[S]):
                 raise invalid_argument(f"Unrecognized servable version label: {request.label}")
             return ServableRequest(request.name, model.labels[request.label])
 
-    @contextmanager
-    def acquire(self, request: ServableRequest) -> Iterator[S]:
-        """Hold a loaded version for the duration of one request."""
-        entry = self._take(self.resolve(request))
-        try:
-            assert entry.servable is not None
-            yield entry.servable
-        finally:
-            with self._cond:
-                entry.inflight -= 1
-                if entry.inflight == 0 and entry.state == State.UNLOADING:
-                    self._drained.notify_all()
+    def acquire(self, request: ServableRequest) -> Held[S]:
+        """Hold a loaded version for the duration of one request (`with`)."""
+        return Held(self, request)
+
+    def _release(self, entry: _Version[S]) -> None:
+        with self._cond:
+            entry.inflight -= 1
+            if entry.inflight == 0 and entry.state == State.UNLOADING:
+                self._drained.notify_all()
 
     def _take(self, request: ServableRequest) -> _Version[S]:
         with self._cond:
