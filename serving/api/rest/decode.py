@@ -460,6 +460,24 @@ def _to_array(leaves: list, shape: list[int], spec: TensorSpec) -> np.ndarray:
     return np.array(leaves, dtype=target).reshape(shape)
 
 
+# Up to this many values, `_fast`'s float checks run on Python numbers: each
+# NumPy reduction has a fixed cost larger than a few values' worth of Python.
+_FEW_VALUES = 32
+
+
+def _few_fit(values: list, limit: float, double: bool) -> bool:
+    """`_fast`'s vectorised checks for a few values (ints or floats, as tolist gives them)."""
+    top = 0.0
+    for v in values:
+        if math.isfinite(v):
+            top = max(top, abs(v))
+    if top > limit and any(
+        math.isfinite(v) and abs(v) > limit and v == math.floor(v) for v in values
+    ):
+        return False  # an integral value past the limit may have been a JSON int
+    return double or top <= FLT_MAX
+
+
 def _fast(value: object, spec: TensorSpec) -> np.ndarray | None:
     """Whole-value NumPy conversion when TF Serving's rules provably accept it."""
     dtype = spec.dtype
@@ -475,7 +493,10 @@ def _fast(value: object, spec: TensorSpec) -> np.ndarray | None:
     if dtype in FLOATS or dtype == types_pb2.DT_DOUBLE:
         double = dtype == types_pb2.DT_DOUBLE
         limit = DOUBLE_MAX_INT if double else FLOAT_MAX_INT
-        if kind in "iu":
+        if arr.size <= _FEW_VALUES:
+            if not _few_fit(arr.reshape(-1).tolist(), limit, double):
+                return None
+        elif kind in "iu":
             if np.abs(arr).max() > limit:
                 return None
         else:

@@ -15,6 +15,7 @@ directives (C code, correctly rounded) formats a whole tensor.
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -193,7 +194,7 @@ def _single_rows(array: np.ndarray, head: str, tail: str) -> list[bytes] | None:
     whole `%`; slices bound both, and the pieces are sent as they are (a joined
     copy would double the answer's memory).
     """
-    per_row = max(1, int(np.prod(array.shape[1:])))
+    per_row = max(1, math.prod(array.shape[1:]))
     step = max(1, _CHUNK_ELEMENTS // per_row)
     if array.ndim == 0 or len(array) <= step or array.dtype.kind not in "fiub":
         whole = _single(array, head, _rows_text, tail)
