@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 
@@ -93,9 +92,6 @@ class BatchingRunner:
         self._metrics: BatchMetrics = metrics if metrics is not None else NoMetrics()
         self._direct = DirectRunner(executor)
         self._scheduler = Scheduler(options.num_batch_threads, options.thread_pool_name)
-        self._servables: weakref.WeakKeyDictionary[Servable, _ServableBatching] = (
-            weakref.WeakKeyDictionary()
-        )
         self._lock = threading.Lock()
         self._wake_pending = False
         # A request was queued in this loop iteration (a batch thread may be needed).
@@ -115,15 +111,15 @@ class BatchingRunner:
             bp.per_model(servable.path, self.options) if self.per_model_params else self.options
         )
         with self._lock:
-            self._servables[servable] = _ServableBatching(options)
+            servable.memo[self] = _ServableBatching(options)
 
     def _state(self, servable: Servable) -> _ServableBatching:
-        state = self._servables.get(servable)
+        state: _ServableBatching | None = servable.memo.get(self)
         if state is None:
             with self._lock:
-                state = self._servables.get(servable)
+                state = servable.memo.get(self)
                 if state is None:
-                    state = self._servables[servable] = _ServableBatching(self.options)
+                    state = servable.memo[self] = _ServableBatching(self.options)
         return state
 
     async def run(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
@@ -57,10 +56,6 @@ class DirectRunner:
         self._inline_max_elements = inline_max_elements
         self._window = window
         self._evict_above = inline_below_s * evict_factor
-        # servable → signature key → recent run seconds (newest last).
-        self._runs: weakref.WeakKeyDictionary[Servable, dict[str, deque[float]]] = (
-            weakref.WeakKeyDictionary()
-        )
 
     async def run(
         self,
@@ -69,9 +64,10 @@ class DirectRunner:
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str],
     ) -> dict[str, np.ndarray]:
-        per_signature = self._runs.get(servable)
+        # servable.memo[self]: signature key → recent run seconds (newest last).
+        per_signature: dict[str, deque[float]] | None = servable.memo.get(self)
         if per_signature is None:
-            per_signature = self._runs.setdefault(servable, {})
+            per_signature = servable.memo.setdefault(self, {})
         runs = per_signature.get(signature.key)
         if runs is None:
             runs = per_signature.setdefault(signature.key, deque(maxlen=self._window))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -206,10 +205,6 @@ class ObservedRunner:
     def __init__(self, runner: Runner, metrics: Metrics) -> None:
         self.inner = runner
         self._metrics = metrics
-        # servable → (signature key, api) → what `run` records, pre-bound.
-        self._bound: weakref.WeakKeyDictionary[Servable, dict[tuple[str, str], _RunBound]] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def _bind(self, servable: Servable, signature: Signature, api: str) -> _RunBound:
         sig = signature_label(signature)
@@ -232,9 +227,10 @@ class ObservedRunner:
     ) -> dict[str, np.ndarray]:
         call = _current.get()
         api = call.api if call is not None else ""
-        per_servable = self._bound.get(servable)
+        # servable.memo[self]: (signature key, api) → what `run` records, pre-bound.
+        per_servable: dict[tuple[str, str], _RunBound] | None = servable.memo.get(self)
         if per_servable is None:
-            per_servable = self._bound.setdefault(servable, {})
+            per_servable = servable.memo.setdefault(self, {})
         key = (signature.key, api)
         bound = per_servable.get(key)
         if bound is None:

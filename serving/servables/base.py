@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
@@ -42,6 +43,11 @@ class Servable(abc.ABC):
         self.signatures: dict[str, Signature] = {
             key: Signature.from_proto(key, sig) for key, sig in self.signature_defs.items()
         }
+        # What the layers above keep per loaded version (runner statistics,
+        # pre-bound metrics), keyed by their own object: it goes when the
+        # version does, and a plain dict is cheaper per request than a
+        # WeakKeyDictionary keyed by the servable.
+        self.memo: dict[object, Any] = {}
 
     @abc.abstractmethod
     def run(

@@ -76,6 +76,43 @@ def test_the_time_limit_cancels_the_work_as_deadline_exceeded() -> None:
     assert observer.finished == [("predict", "grpc", "m", "DEADLINE_EXCEEDED")]
 
 
+def test_concurrent_limits_expire_each_at_its_own_deadline() -> None:
+    """Requests share one timer per loop: a later, shorter limit still fires first,
+    requests that finish in time are never cancelled, expired ones one by one."""
+    observer = RecordingObserver()
+    ended: dict[str, float] = {}
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def request(name: str, limit: float, work: float) -> None:
+            try:
+                async with RequestContext(observer, name, "rest", "m", limit):
+                    await asyncio.sleep(work)
+            except ServingError as exc:
+                assert exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            ended[name] = loop.time() - started
+
+        await asyncio.gather(
+            request("long", 0.30, 5),
+            request("quick", 5.0, 0.01),  # finishes in time
+            request("short", 0.05, 5),  # added after a later deadline
+            request("middle", 0.15, 5),
+        )
+
+    asyncio.run(scenario())
+    codes = {api: code for api, _p, _m, code in observer.finished}
+    assert codes == {
+        "long": "DEADLINE_EXCEEDED",
+        "quick": "OK",
+        "short": "DEADLINE_EXCEEDED",
+        "middle": "DEADLINE_EXCEEDED",
+    }
+    assert ended["quick"] < ended["short"] < ended["middle"] < ended["long"] < 1.0
+    assert 0.05 <= ended["short"] < 0.15 <= ended["middle"] < 0.30 <= ended["long"]
+
+
 def test_no_time_limit_no_timer() -> None:
     observer, result = _run(_ok, timeout_s=None)
     assert observer.finished == [("predict", "grpc", "m", "OK")]

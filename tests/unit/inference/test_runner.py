@@ -14,9 +14,12 @@ from serving.servables.signature import Signature
 
 
 class SleepyServable:
+    """Just what the runner uses of a Servable: `run`, and `memo` for its statistics."""
+
     def __init__(self) -> None:
         self.delay = 0.0
         self.threads: list[str] = []
+        self.memo: dict = {}
 
     def run(self, signature, inputs, outputs):
         self.threads.append(threading.current_thread().name)
