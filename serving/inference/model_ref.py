@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from serving.manager.manager import ServableRequest
 
 
-@dataclass(frozen=True)
-class ModelRef:
+class ModelRef(NamedTuple):
+    """Made per request: a NamedTuple, cheaper to build than a frozen dataclass."""
+
     name: str
     version: int | None = None
     label: str | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import grpc
 import numpy as np
@@ -49,8 +49,7 @@ InputDecoder = Callable[
 ReloadConfig = Callable[["model_server_config_pb2.ModelServerConfig"], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class PredictResult:
+class PredictResult(NamedTuple):  # per request: cheaper than a frozen dataclass
     name: str
     version: int
     signature_name: str

@@ -244,7 +244,9 @@ def request_size(inputs: Mapping[str, tensor_pb2.TensorProto]) -> int:
     (from shapes, not values)."""
     total = 0
     for proto in inputs.values():
-        count = math.prod(d.size for d in proto.tensor_shape.dim)
+        count = 1  # a loop, not math.prod over a generator: this runs per request
+        for dim in proto.tensor_shape.dim:
+            count *= dim.size
         total += max(len(proto.tensor_content), 4 * max(count, 0))
     return total
 
