@@ -111,6 +111,47 @@ def test_fast_queue_runs_a_lone_request_at_once_and_still_merges_bursts():
     runner.close()
 
 
+class RecordingMetrics:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.batches: list[tuple[int, int | None]] = []
+
+    def set_queue_depth(self, model: str, signature: str, depth: int) -> None:
+        pass
+
+    def observe_queue_wait(self, model: str, signature: str, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    def observe_batch(
+        self, model: str, signature: str, size: int, padded_size: int | None = None
+    ) -> None:
+        self.batches.append((size, padded_size))
+
+
+def test_a_lone_request_is_counted_as_a_batch_of_one_and_an_unbatchable_one_still_found():
+    metrics = RecordingMetrics()
+    runner = BatchingRunner(
+        BatchOptions(max_batch_size=32, num_batch_threads=1), ThreadPoolExecutor(2), metrics=metrics
+    )
+    servable = HalfPlusTwo()
+
+    async def main():
+        for _ in range(5):  # one request per loop iteration: the later ones run alone
+            await _call(runner, servable, np.ones((2, 1), np.float32))
+            await asyncio.sleep(0)
+        servable.total = True  # outputs stop following the batch
+        out = await _call(runner, servable, np.ones((2, 1), np.float32))
+        assert out["y"].shape == ()  # a batch of its own: the answer is the unbatched one
+        await asyncio.sleep(0)
+        await _call(runner, servable, np.ones((2, 1), np.float32))  # now unbatched: no metrics
+
+    asyncio.run(main())
+    assert metrics.batches == [(2, 2)] * 6  # every request, alone or not, one batch of 2 rows
+    assert len(metrics.waits) == 6 and all(w >= 0 for w in metrics.waits)
+    assert metrics.waits[-1] == 0.0  # ran inside its own call: no wait
+    runner.close()
+
+
 def test_padding_to_allowed_sizes_never_leaks():
     servable = HalfPlusTwo(delay=0.01)
     runner = _runner(max_batch_size=8, allowed_batch_sizes=(2, 4, 8))
