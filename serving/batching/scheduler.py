@@ -284,16 +284,23 @@ class BatchQueue:
         key = self.signature.key
         self._metrics.observe_queue_wait(self.model, key, 0.0)
         self._metrics.observe_batch(self.model, key, rows, rows)
+        return self._unsplit(self._run(inputs), rows)
+
+    def _run(self, inputs: Mapping[str, np.ndarray]) -> Outputs:
+        """The servable's run on a whole batch, timed for the inline decision."""
         servable = self._servable()
         if servable is None:  # cannot happen while requests hold it; be safe
             raise unavailable(f"{self.describe} was unloaded")
         ran = time.perf_counter()
         out = servable.run(self.signature, inputs, self.outputs)
         self._timed(time.perf_counter() - ran)
-        for value in out.values():
-            if value.ndim == 0 or value.shape[0] != rows:
-                self._on_unbatchable(key, self.describe)
-                break
+        return out
+
+    def _unsplit(self, out: Outputs, rows: int) -> Outputs:
+        """A one-request, unpadded batch's answer, which is exactly the unbatched
+        one; outputs that do not follow the batch stop later batching."""
+        if any(v.ndim == 0 or v.shape[0] != rows for v in out.values()):
+            self._on_unbatchable(self.signature.key, self.describe)
         return out
 
     def execute(self, batch: Batch) -> tuple[list[Outputs], ServingError | None]:
@@ -309,20 +316,12 @@ class BatchQueue:
         error: ServingError | None = None
         results: list[Outputs] = []
         try:
-            servable = self._servable()
-            if servable is None:  # cannot happen while requests hold it; be safe
-                raise unavailable(f"{self.describe} was unloaded")
             merged = merge_inputs(
                 [t.inputs for t in tasks], rows, padded, self.options.pad_variable_length_inputs
             )
-            ran = time.perf_counter()
-            out = servable.run(self.signature, merged, self.outputs)
-            self._timed(time.perf_counter() - ran)
+            out = self._run(merged)
             if len(tasks) == 1 and padded == rows:
-                # Nothing to split: the answer is exactly the unbatched one.
-                if any(v.ndim == 0 or v.shape[0] != rows for v in out.values()):
-                    self._on_unbatchable(self.signature.key, self.describe)
-                results = [out]
+                results = [self._unsplit(out, rows)]
             else:
                 results = split_outputs(out, [t.size for t in tasks], padded)
         except OutputMismatch as exc:

@@ -177,7 +177,7 @@ class _Deadlines:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)
-        self._entries: dict[RequestContext, float] = {}
+        self._entries: set[RequestContext] = set()  # each holds its own `_deadline`
         self._handle: asyncio.TimerHandle | None = None
         self._next = math.inf
 
@@ -200,12 +200,12 @@ class _Deadlines:
 
     def add(self, context: RequestContext, timeout_s: float) -> None:
         when = context._deadline = self.loop.time() + timeout_s
-        self._entries[context] = when
+        self._entries.add(context)
         if when < self._next:
             self._arm(when)
 
     def remove(self, context: RequestContext) -> None:
-        self._entries.pop(context, None)
+        self._entries.discard(context)
 
     def _arm(self, when: float) -> None:
         if self._handle is not None:
@@ -218,8 +218,8 @@ class _Deadlines:
         self._next = math.inf
         now = self.loop.time()
         entries = self._entries
-        for context in [c for c, when in entries.items() if when <= now]:
-            del entries[context]
+        for context in [c for c in entries if c._deadline <= now]:
+            entries.discard(context)
             context.expire()
         if entries:
-            self._arm(min(entries.values()))
+            self._arm(min(c._deadline for c in entries))

@@ -228,10 +228,19 @@ def test_large_predict_bounded_in_memory_and_does_not_stall_others(server) -> No
         response = requests.post(server.rest_url + PREDICT, data=body, timeout=120)
     assert response.status_code == 200
     assert len(response.json()["predictions"]) == body.count(b",") + 1
-    growth = (seen["peak"] - seen["base"]) / len(body)
-    print(f"float32 {len(body) / MB:.0f} MB: peak +{growth:.1f}x, small worst {seen['worst']:.3f}s")
+    growth = peak_growth("float32", body, seen)
     assert growth <= 6, seen
     assert seen["probes"] > 3 and seen["worst"] < 3.0, seen
+
+
+def peak_growth(label: str, body: bytes, seen: dict, extra: str = "") -> float:
+    """The RSS peak over the base, in bodies; printed with what else was seen."""
+    growth = (seen["peak"] - seen["base"]) / len(body)
+    print(
+        f"{label}: {len(body) / MB:.0f} MB body{extra}, peak +{growth:.1f}x, "
+        f"small worst {seen['worst']:.3f}s over {seen['probes']} probes"
+    )
+    return growth
 
 
 def post_watched(server: ServerProcess, body: bytes) -> tuple[requests.Response, float, dict]:
@@ -260,11 +269,7 @@ def test_large_predict_of_short_numbers_bounded_and_not_stalling(server, layout,
     predictions = response.json()["predictions"]
     assert len(predictions) == count
     assert predictions[:3] in ([2.0, 2.5, 3.0], [[2.0], [2.5], [3.0]])
-    growth = (seen["peak"] - seen["base"]) / len(body)
-    print(
-        f"short {layout}: {len(body) / MB:.0f} MB body, peak +{growth:.1f}x, {elapsed:.2f}s, "
-        f"small worst {seen['worst']:.3f}s over {seen['probes']} probes"
-    )
+    growth = peak_growth(f"short {layout}", body, seen, f", {elapsed:.2f}s")
     assert growth <= 6, seen
     # Parsing everything at once stalled a small request for 1.7 s here; in
     # pieces it waits tens of milliseconds (the bound leaves room for a busy CI).
@@ -304,12 +309,8 @@ def test_large_columnar_predict_of_short_numbers_bounded_and_not_stalling(
     outputs = response.json()["outputs"]
     assert len(outputs) == count
     assert outputs[:3] in ([2.0, 2.5, 3.0], [[2.0], [2.5], [3.0]])
-    growth = (seen["peak"] - seen["base"]) / len(body)
-    print(
-        f"columnar {layout}: {len(body) / MB:.0f} MB body, {len(response.content) / MB:.0f} MB "
-        f"answer, peak +{growth:.1f}x, {elapsed:.2f}s, "
-        f"small worst {seen['worst']:.3f}s over {seen['probes']} probes"
-    )
+    answer = f", {len(response.content) / MB:.0f} MB answer, {elapsed:.2f}s"
+    growth = peak_growth(f"columnar {layout}", body, seen, answer)
     # Formatted in one go, the answer's text and pieces peaked at tens of times
     # the body; kept as the numbers' texts and laid out while sent, the peak is
     # the tensors plus those texts.
