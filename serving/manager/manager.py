@@ -140,7 +140,7 @@ class ServableManager(Generic[S]):
         self._models: dict[str, _Model[S]] = {}
         # Why a model's versions cannot be listed now (storage errors), for its status.
         self._source_errors: dict[str, str] = {}
-        lock = threading.RLock()
+        lock = self._lock = threading.RLock()
         self._cond = threading.Condition(lock)
         # Signalled when an unloading version's last request finishes. Kept
         # apart from _cond so that releasing a handle (every request) does not
@@ -236,20 +236,25 @@ class ServableManager(Generic[S]):
         """Hold a loaded version for the duration of one request (`with`)."""
         return Held(self, request)
 
+    # _take and _release run on every request: they hold the lock directly,
+    # which skips the Condition's Python-level __enter__/__exit__.
     def _release(self, entry: _Version[S]) -> None:
-        with self._cond:
+        with self._lock:
             entry.inflight -= 1
             if entry.inflight == 0 and entry.state == State.UNLOADING:
                 self._drained.notify_all()
 
     def _take(self, request: ServableRequest) -> _Version[S]:
-        with self._cond:
+        with self._lock:
             model = self._models.get(request.name)
             entry: _Version[S] | None = None
             if model is not None:
                 if request.version is None:
-                    ready = [v for v in model.versions.values() if v.state == State.AVAILABLE]
-                    entry = max(ready, key=lambda v: v.version, default=None)
+                    for candidate in model.versions.values():
+                        if candidate.state == State.AVAILABLE and (
+                            entry is None or candidate.version > entry.version
+                        ):
+                            entry = candidate
                 else:
                     entry = model.versions.get(request.version)
                     if entry is not None and entry.state != State.AVAILABLE:

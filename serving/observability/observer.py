@@ -32,7 +32,7 @@ import numpy as np
 
 from serving.errors import ServingError
 from serving.inference.runner import Runner
-from serving.observability.metrics import TFS_API, Metrics
+from serving.observability.metrics import FOLD_EVERY, TFS_API, Metrics, Recorder, Sink
 from serving.servables.base import Servable
 from serving.servables.signature import Signature
 
@@ -52,9 +52,8 @@ class Call:
     reset: contextvars.Token | None = None
 
 
-# version label, signature label, run_duration.observe, TF Serving's runtime
-# latency labels, its example-count labels.
-_RunBound = tuple[str, str, Callable[[float], None], tuple[str, str, str] | None, tuple[str] | None]
+# version label, signature label, the run's Recorder, TF Serving's example-count labels.
+_RunBound = tuple[str, str, Recorder, tuple[str] | None]
 
 _current: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
     "model_server_call", default=None
@@ -62,13 +61,6 @@ _current: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
 
 
 _OK = grpc.StatusCode.OK
-# requests.inc, TF Serving's request_count labels, duration.observe, its latency labels.
-_Bound = tuple[
-    Callable[[], None],
-    tuple[str, str] | None,
-    Callable[[float], None] | None,
-    tuple[str, str, str] | None,
-]
 _CODE_NAMES = {code: code.name for code in grpc.StatusCode}  # Enum.name is a slow property
 _ENTRYPOINTS = {"grpc": "GRPC", "rest": "REST"}  # TF Serving's entrypoint label
 
@@ -89,9 +81,9 @@ class RequestObserver:
         for protocol in _ENTRYPOINTS:
             self._count_protocol(protocol)
         self._idle: asyncio.Event | None = None  # only while the drain waits
-        # Per outcome (model, version, signature, api, protocol, code): what
-        # `finish` records, pre-bound. Bounded like the label sets themselves.
-        self._bound: dict[tuple, _Bound] = {}
+        # Per outcome (model, version, signature, api, protocol, code): the
+        # Recorder `finish` adds to. Bounded like the label sets themselves.
+        self._bound: dict[tuple, Recorder] = {}
         # Set by the drain: new requests are refused (UNAVAILABLE / HTTP 503).
         self.draining = False
 
@@ -144,39 +136,36 @@ class RequestObserver:
         if not model and api != "reload_config":
             return  # unknown or missing model name: no per-model series
         key = (model, call.version, call.signature, api, call.protocol, code)
-        bound = self._bound.get(key)
-        if bound is None:
-            bound = self._bound[key] = self._bind(key)
-        inc, tfs_count, duration, tfs_latency = bound
-        inc()
-        m = self._metrics
-        if tfs_count is not None:
-            m.tfs_request_count.inc(tfs_count)
-        if duration is not None:
-            duration(elapsed)
-            if tfs_latency is not None:
-                m.tfs_request_latency.observe(tfs_latency, elapsed * 1e6)
+        recorder = self._bound.get(key)
+        if recorder is None:
+            recorder = self._bound[key] = self._metrics.recorder(key, lambda: self._sinks(key))
+        times = recorder.times  # Recorder.add, written out: this runs on every request
+        times.append(elapsed)
+        if len(times) >= FOLD_EVERY:
+            recorder.fold()
 
-    def _bind(self, key: tuple[str, str, str, str, str, grpc.StatusCode]) -> _Bound:
+    def _sinks(self, key: tuple[str, str, str, str, str, grpc.StatusCode]) -> list[Sink]:
         """Everything `finish` records for one outcome, resolved once (labels
         validated, children looked up, TF Serving's label tuples built)."""
         model, version, signature, api, protocol, code = key
         m = self._metrics
         code_name = _CODE_NAMES[code]
         tfs_api = TFS_API.get(api)
-        duration = None
-        tfs_latency = None
+        requests = m.c_requests(model, version, signature, api, protocol, code_name)
+        sinks: list[Sink] = [lambda values: requests.inc(len(values))]
+        if tfs_api is not None:
+            count_labels = (model, code_name)
+            sinks.append(lambda values: m.tfs_request_count.inc(count_labels, len(values)))
         if code is _OK:
-            duration = m.c_request_duration(model, api, protocol).observe
+            duration_labels = (model, api, protocol)
+            sinks.append(lambda values: m.request_duration.add(duration_labels, values))
             if tfs_api is not None:
                 entrypoint = _ENTRYPOINTS.get(protocol) or protocol.upper()
-                tfs_latency = (model, tfs_api, entrypoint)
-        return (
-            m.c_requests(model, version, signature, api, protocol, code_name).inc,
-            (model, code_name) if tfs_api is not None else None,
-            duration,
-            tfs_latency,
-        )
+                latency_labels = (model, tfs_api, entrypoint)
+                sinks.append(
+                    lambda values: m.tfs_request_latency.observe_many(latency_labels, values * 1e6)
+                )
+        return sinks
 
     async def wait_idle(self, timeout: float) -> bool:
         """Until no request is in flight (True), or `timeout` seconds (False)."""
@@ -210,13 +199,21 @@ class ObservedRunner:
         sig = signature_label(signature)
         version = str(servable.version)
         tfs_api = TFS_API.get(api) or ("MultiInference" if api == "multi_inference" else "")
-        return (
-            version,
-            sig,
-            self._metrics.c_run_duration(servable.name, version, sig).observe,
-            (servable.name, tfs_api, "TF1") if tfs_api else None,
-            (servable.name,) if api in _EXAMPLE_APIS else None,
-        )
+        m = self._metrics
+        name = servable.name
+
+        def sinks() -> list[Sink]:
+            run_labels = (name, version, sig)
+            out: list[Sink] = [lambda values: m.run_duration.add(run_labels, values)]
+            if tfs_api:
+                runtime_labels = (name, tfs_api, "TF1")
+                out.append(
+                    lambda values: m.tfs_runtime_latency.observe_many(runtime_labels, values * 1e6)
+                )
+            return out
+
+        recorder = m.recorder(("run", name, version, sig, api), sinks)
+        return version, sig, recorder, (name,) if api in _EXAMPLE_APIS else None
 
     async def run(
         self,
@@ -235,18 +232,15 @@ class ObservedRunner:
         bound = per_servable.get(key)
         if bound is None:
             bound = per_servable[key] = self._bind(servable, signature, api)
-        version, sig, observe, tfs_key, examples_key = bound
+        version, sig, recorder, examples_key = bound
         if call is not None:
             call.version, call.signature = version, sig
         started = time.perf_counter()
         result = await self.inner.run(servable, signature, inputs, outputs)
-        elapsed = time.perf_counter() - started
-        observe(elapsed)
-        m = self._metrics
-        if tfs_key is not None:
-            m.tfs_runtime_latency.observe(tfs_key, elapsed * 1e6)
+        recorder.add(time.perf_counter() - started)
         if examples_key is not None and len(inputs) == 1:
             rows = len(next(iter(inputs.values())))
+            m = self._metrics
             m.tfs_example_counts.observe(examples_key, rows)
             m.tfs_example_total.inc(examples_key, rows)
         return result

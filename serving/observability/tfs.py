@@ -15,10 +15,35 @@ import bisect
 import threading
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def exponential_buckets(scale: float, growth: float, count: int) -> list[float]:
     """TF core's Buckets::Exponential: scale*growth^i for i < count (+Inf added on output)."""
     return [scale * growth**i for i in range(count)]
+
+
+def fold_values(
+    counts: list[int],
+    total: list[float],
+    limits: np.ndarray,
+    values: np.ndarray,
+    upper_inclusive: bool,
+) -> None:
+    """Add many observations to a histogram series at once: `counts` has one
+    slot per limit and then the overflow, `total[0]` is the sum.
+
+    TF's buckets hold value < limit, Prometheus's value <= limit. The sum is
+    added in order, so it is exactly what adding one value at a time gives.
+    """
+    index = np.searchsorted(limits, values, side="left" if upper_inclusive else "right")
+    found = np.bincount(index, minlength=len(counts))
+    for slot in np.flatnonzero(found).tolist():
+        counts[slot] += int(found[slot])
+    acc = total[0]
+    for value in values.tolist():
+        acc += value
+    total[0] = acc
 
 
 def _fmt_limit(limit: float) -> str:
@@ -77,6 +102,7 @@ class TfsHistogram(_Metric):
     def __init__(self, name: str, labels: Sequence[str], limits: Sequence[float]) -> None:
         super().__init__(name, labels)
         self.limits = list(limits)
+        self._limits = np.array(self.limits)
         # per label set: [bucket counts (len(limits)+1), sum]
         self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
 
@@ -84,11 +110,21 @@ class TfsHistogram(_Metric):
         # TF's histogram buckets are upper-exclusive: value < limit.
         index = bisect.bisect_right(self.limits, value)
         with self._lock:
-            series = self._series.get(labels)
-            if series is None:
-                series = self._series[labels] = ([0] * (len(self.limits) + 1), [0.0])
-            series[0][index] += 1
-            series[1][0] += value
+            counts, total = self._series_for(labels)
+            counts[index] += 1
+            total[0] += value
+
+    def observe_many(self, labels: tuple[str, ...], values: np.ndarray) -> None:
+        """`observe` for a whole array of values (folded per-request records)."""
+        with self._lock:
+            counts, total = self._series_for(labels)
+            fold_values(counts, total, self._limits, values, upper_inclusive=False)
+
+    def _series_for(self, labels: tuple[str, ...]) -> tuple[list[int], list[float]]:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = ([0] * (len(self.limits) + 1), [0.0])
+        return series
 
     def render(self, out: list[str]) -> None:
         with self._lock:
