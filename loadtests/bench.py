@@ -3,7 +3,11 @@
 Order matters on a small machine: the memory server's 50-model load runs
 first and is stopped before anything is timed; the floor is measured while
 the load servers sit idle; off/on runs of one configuration run back to
-back so their ratio sees the same background load.
+back so their ratio sees the same background load. For the same reason the
+stack ceilings and the naive peer are loaded in the same slot as the server
+runs they are compared with (half_plus_two: ceiling, off, on, peer for each
+protocol and concurrency), not minutes apart: a shared machine's speed
+drifts by more than the differences being measured.
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ class Bench:
         self.servers: dict[str, LocalServer] = {}
         self.notes: list[str] = []
         self.naive: ceilings.PeerServer | None = None
+        self.echo: ceilings.PeerServer | None = None
+        self.echo_frame = self.naive_frame = 0
+        # Stack ceilings and the naive peer, loaded beside the server runs.
+        self.peer_runs: dict[str, list[ceilings.EchoRun]] = {
+            "grpc_echo": [],
+            "naive": [],
+            "rest_fixed": [],
+        }
         self.started = time.monotonic()
 
     def say(self, message: str) -> None:
@@ -141,13 +153,15 @@ class Bench:
                 name: floor.measure(model, self.paths[name] / "1", seconds, sizes)
                 for name, model in self.models.items()
             }
+            self.start_echo()
             runs = self.load_matrix()
-            self.say("measuring the ceilings (Runner in-process, gRPC stack alone) ...")
+            self.say("measuring the in-process ceiling (the Runner) ...")
             ceiling = self.measure_ceilings(seconds)
         finally:
             self.stop(*self.servers)
-            if self.naive is not None:
-                self.naive.stop()
+            for peer in (self.naive, self.echo):
+                if peer is not None:
+                    peer.stop()
         report = Report(
             meta=self.meta(), floors=floors, runs=runs, memory=memory_result, ceilings=ceiling
         )
@@ -156,8 +170,8 @@ class Bench:
         return report
 
     def measure_ceilings(self, seconds: float) -> ceilings.Ceilings:
-        """half_plus_two through the Runner in-process; the gRPC stack answering alone;
-        the naive peer; the REST server's fixed-body handler."""
+        """half_plus_two through the Runner in-process, with the stack ceilings
+        and the peer loaded during the load matrix."""
         model = self.models[models.HALF_PLUS_TWO]
         version_dir = self.paths[models.HALF_PLUS_TWO] / "1"
         top = max(self.args.concurrency)
@@ -165,64 +179,63 @@ class Bench:
             ceilings.runner_rate(model, version_dir, seconds, top, params)
             for params in (None, self.batching_parameters())
         ]
-        result = ceilings.Ceilings(model=model.name, runner=runner, grpc_echo=[])
+        return ceilings.Ceilings(model=model.name, runner=runner, **self.peer_runs)
+
+    def start_echo(self) -> None:
+        """The gRPC stack alone, answering what the server answers half_plus_two;
+        it starts while the naive peer checks in."""
         target = next((t for t, _rest in self.endpoints().values() if t), None)
         if target:
             client = Client(target)
             try:
-                response, _ = client.predict(model)
+                response, _ = client.predict(self.models[models.HALF_PLUS_TWO])
             finally:
                 client.close()
-            echo = ceilings.echo_server(response.SerializeToString(), self.work)
-            try:
-                echo.wait()
-                result.grpc_echo = self.grpc_runs(echo, 5 + response.ByteSize())
-            finally:
-                echo.stop()
+            self.echo = ceilings.echo_server(response.SerializeToString(), self.work)
+            self.echo.wait()
+            self.echo_frame = 5 + response.ByteSize()
         naive = self.naive
         if naive is not None:
+            naive.wait()
+            client = Client(naive.grpc_target)
             try:
-                naive.wait()
-                client = Client(naive.grpc_target)
-                try:
-                    response, out = client.predict(model)
-                finally:
-                    client.close()
-                if not model.expected(out):
-                    raise AssertionError(f"naive server: wrong answer {out}")
-                result.naive = self.grpc_runs(naive, 5 + response.ByteSize())
+                response, out = client.predict(self.models[models.HALF_PLUS_TWO])
             finally:
-                naive.stop()
-                self.naive = None
+                client.close()
+            if not self.models[models.HALF_PLUS_TWO].expected(out):
+                raise AssertionError(f"naive server: wrong answer {out}")
+            self.naive_frame = 5 + response.ByteSize()
+
+    def ceiling_run(self, protocol: str, conc: int) -> None:
+        """The stack alone at `conc`, just before the servers' half_plus_two runs."""
+        if protocol == "grpc":
+            if self.echo is not None:
+                self.peer_runs["grpc_echo"].append(self.grpc_run(self.echo, self.echo_frame, conc))
+            return
         rest = next((r for _t, r in self.endpoints().values() if r), None)
         if rest:
             pid = self.servers["off"].proc.pid if "off" in self.servers else None
-            for conc in self.args.concurrency:
-                cpu = ceilings.cpu_seconds(pid) if pid else 0.0
-                r = generators.wrk_http(
-                    f"{rest}{LIVE_PATH}", None, conc, self.args.duration, self.args.pin_client
-                )
-                used = ceilings.per_1k(ceilings.cpu_seconds(pid) - cpu, r.requests) if pid else None
-                result.rest_fixed.append(
-                    ceilings.EchoRun(concurrency=conc, result=r, cpu_ms_per_1k=used)
-                )
-        return result
-
-    def grpc_runs(self, server: ceilings.PeerServer, frame: int) -> list[ceilings.EchoRun]:
-        runs = []
-        for conc in self.args.concurrency:
-            cpu = ceilings.cpu_seconds(server.proc.pid)
-            r = generators.h2load_grpc(
-                f"http://{server.grpc_target}",
-                self.work / f"{models.HALF_PLUS_TWO}.grpc",
-                conc,
-                self.args.duration,
-                frame,
-                self.args.pin_client,
+            cpu = ceilings.cpu_seconds(pid) if pid else 0.0
+            r = generators.wrk_http(
+                f"{rest}{LIVE_PATH}", None, conc, self.args.duration, self.args.pin_client
             )
-            used = ceilings.per_1k(ceilings.cpu_seconds(server.proc.pid) - cpu, r.requests)
-            runs.append(ceilings.EchoRun(concurrency=conc, result=r, cpu_ms_per_1k=used))
-        return runs
+            used = ceilings.per_1k(ceilings.cpu_seconds(pid) - cpu, r.requests) if pid else None
+            self.peer_runs["rest_fixed"].append(
+                ceilings.EchoRun(concurrency=conc, result=r, cpu_ms_per_1k=used)
+            )
+
+    def grpc_run(self, server: ceilings.PeerServer, frame: int, conc: int) -> ceilings.EchoRun:
+        cpu = ceilings.cpu_seconds(server.proc.pid)
+        r = generators.h2load_grpc(
+            f"http://{server.grpc_target}",
+            self.work / f"{models.HALF_PLUS_TWO}.grpc",
+            conc,
+            self.args.duration,
+            frame,
+            self.args.pin_client,
+        )
+        used = ceilings.per_1k(ceilings.cpu_seconds(server.proc.pid) - cpu, r.requests)
+        return ceilings.EchoRun(concurrency=conc, result=r, cpu_ms_per_1k=used)
 
     def endpoints(self) -> dict[str, tuple[str | None, str | None]]:
         """batching label → (gRPC target, REST base URL)."""
@@ -242,6 +255,9 @@ class Bench:
         for name in self.models:
             for protocol in ("grpc", "rest"):
                 for conc in args.concurrency:
+                    compared = name == models.HALF_PLUS_TWO
+                    if compared:
+                        self.ceiling_run(protocol, conc)
                     for label, (target, rest) in endpoints.items():
                         run = Run(model=name, protocol=protocol, batching=label, concurrency=conc)
                         runs.append(run)
@@ -280,6 +296,10 @@ class Bench:
                                 if r
                                 else run.skipped
                             )
+                        )
+                    if compared and protocol == "grpc" and self.naive is not None:
+                        self.peer_runs["naive"].append(
+                            self.grpc_run(self.naive, self.naive_frame, conc)
                         )
         self.check_endpoints(endpoints)  # the server still answers correctly after the load
         return runs
