@@ -13,7 +13,8 @@ the call in a context variable. The version and signature are only known
 once the inference layer has picked a servable: `ObservedRunner`, which
 wraps the runner, fills them in from the servable it is handed and times
 the model run itself. Neither the protocol adapters nor the inference layer
-know anything of metrics.
+know anything of metrics. Both only append the duration to the outcome's
+Recorder, which folds into the metrics in bulk (serving.observability.metrics).
 
 The observer also counts in-flight requests, which the SIGTERM drain waits on.
 """
