@@ -228,6 +228,7 @@ class ModelServer:
                     options.per_model_batching,
                     self.executor,
                     metrics=batch_metrics,
+                    inflight=lambda: self.obs.observer.inflight,
                 )
             except BatchingConfigError as exc:
                 raise StartupError(str(exc)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 from serving.batching.params import BatchingConfigError, BatchOptions, load_file
@@ -22,7 +23,10 @@ def runner_from_flags(
     per_model_params: bool,
     executor: Executor,
     metrics: BatchMetrics | None = None,
+    inflight: Callable[[], int] | None = None,
 ) -> BatchingRunner:
     """The runner for --enable_batching; raises BatchingConfigError for a bad file."""
     options = load_file(parameters_file) if parameters_file else BatchOptions()
-    return BatchingRunner(options, executor, per_model_params=per_model_params, metrics=metrics)
+    return BatchingRunner(
+        options, executor, per_model_params=per_model_params, metrics=metrics, inflight=inflight
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 
 import numpy as np
@@ -86,8 +86,12 @@ class BatchingRunner:
         *,
         per_model_params: bool = False,
         metrics: BatchMetrics | None = None,
+        inflight: Callable[[], int] | None = None,
     ) -> None:
+        """`inflight`: requests the server is handling now, this one included
+        (when it says 1, no other request can join a batch)."""
         self.options = options
+        self._inflight = inflight
         self.per_model_params = per_model_params
         self._metrics: BatchMetrics = metrics if metrics is not None else NoMetrics()
         self._direct = DirectRunner(executor)
@@ -144,25 +148,26 @@ class BatchingRunner:
             queue = state.queues[key] = BatchQueue(
                 state.options, servable, signature, outputs, state.mark_unbatchable, self._metrics
             )
-        loop = asyncio.get_running_loop()
-        if (
-            queue.inline
-            and not queue.timeout
-            and not queue.gathering
-            and queue not in self._alone
-            and queue not in self._inline
-        ):
+        if queue.inline and not queue.timeout and not queue.gathering:
             # With no batch timeout, the loop iteration's first request for a
             # fast queue runs at once; later ones in the same iteration queue
             # up and run as one batch. Once an iteration brings several, the
             # queue gathers them all until iterations bring one again.
-            alone = self._scheduler.run_alone(queue, inputs, rows)
-            if alone is not None:
-                self._alone.add(queue)
-                if not self._wake_pending:
-                    self._wake_pending = True
-                    loop.call_soon(self._wake)
-                return alone
+            if self._inflight is not None and self._inflight() <= 1:
+                # The only request in the server: nothing can join it, so it
+                # runs without marking the iteration (no wake-up to clear it).
+                alone = self._scheduler.run_alone(queue, inputs, rows)
+                if alone is not None:
+                    return alone
+            elif queue not in self._alone and queue not in self._inline:
+                alone = self._scheduler.run_alone(queue, inputs, rows)
+                if alone is not None:
+                    self._alone.add(queue)
+                    if not self._wake_pending:
+                        self._wake_pending = True
+                        asyncio.get_running_loop().call_soon(self._wake)
+                    return alone
+        loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._scheduler.submit(queue, Task(inputs, rows, future))
         self._queued = True

@@ -281,9 +281,7 @@ class BatchQueue:
     def run_one(self, inputs: Mapping[str, np.ndarray], rows: int) -> Outputs:
         """`execute` for one unpadded request on the caller's thread (`Scheduler.run_alone`):
         nothing to merge or split, so its errors are raised as they come."""
-        key = self.signature.key
-        self._metrics.observe_queue_wait(self.model, key, 0.0)
-        self._metrics.observe_batch(self.model, key, rows, rows)
+        self._metrics.observe_alone(self.model, self.signature.key, rows)
         return self._unsplit(self._run(inputs), rows)
 
     def _run(self, inputs: Mapping[str, np.ndarray]) -> Outputs:

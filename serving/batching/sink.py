@@ -21,6 +21,10 @@ class BatchMetrics(Protocol):
     ) -> None:
         """One batch ran: `size` real rows, padded to `padded_size` (if padded)."""
 
+    def observe_alone(self, model: str, signature: str, rows: int) -> None:
+        """A request ran on the event loop as an unpadded batch of its own with no
+        queue wait (once per request, on the event loop thread)."""
+
 
 class NoMetrics:
     """Reports nothing (batching used without a server, as in tests)."""
@@ -34,4 +38,7 @@ class NoMetrics:
     def observe_batch(
         self, model: str, signature: str, size: int, padded_size: int | None = None
     ) -> None:
+        pass
+
+    def observe_alone(self, model: str, signature: str, rows: int) -> None:
         pass

@@ -11,14 +11,17 @@ Label values only ever come from configured model names and from loaded
 models' versions and signatures (the request observer validates the name
 first), never from raw client input.
 
-Batching hooks (called by the batching layer; cheap, thread-safe):
+Batching hooks (called by the batching layer; cheap, thread-safe except
+observe_alone, which the event loop calls):
     observe_batch(model, signature, size, padded_size=None)
     observe_queue_wait(model, signature, seconds, thread_pool_name=...)
+    observe_alone(model, signature, rows)
     set_queue_depth(model, signature, depth)
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
@@ -71,14 +74,14 @@ L = TypeVar("L", Counter, Gauge, Histogram)
 # Per-request records a Recorder keeps before folding them into the metrics.
 FOLD_EVERY = 256
 
-# Takes a batch of recorded values (seconds) and adds them to one metric.
+# Takes a batch of recorded values and adds them to one metric.
 Sink = Callable[[np.ndarray], None]
 
 
 class Recorder:
-    """One request outcome's durations, folded into its metrics in bulk.
+    """One request outcome's values (durations, rows), folded into its metrics in bulk.
 
-    The request path only appends a float. Every FOLD_EVERY records, and
+    The request path only appends a number. Every FOLD_EVERY records, and
     before every scrape, the array goes to the outcome's sinks at once: a
     counter adds the count, a histogram buckets the whole array. Recorded one
     at a time, each request cost a bucket scan and a locked increment or two
@@ -87,24 +90,24 @@ class Recorder:
     served there), so nothing recorded is missed by a scrape.
     """
 
-    __slots__ = ("_sinks", "times")
+    __slots__ = ("_sinks", "pending")
 
     def __init__(self, sinks: Sequence[Sink]) -> None:
-        self.times: list[float] = []
+        self.pending: list[float] = []
         self._sinks = tuple(sinks)
 
-    def add(self, seconds: float) -> None:
-        times = self.times
-        times.append(seconds)
-        if len(times) >= FOLD_EVERY:
+    def add(self, value: float) -> None:
+        pending = self.pending
+        pending.append(value)
+        if len(pending) >= FOLD_EVERY:
             self.fold()
 
     def fold(self) -> None:
-        times = self.times
-        if not times:
+        pending = self.pending
+        if not pending:
             return
-        self.times = []
-        values = np.array(times)
+        self.pending = []
+        values = np.array(pending, dtype=np.float64)
         for sink in self._sinks:
             sink(values)
 
@@ -128,7 +131,8 @@ class BulkHistogram:
         self.name = name
         self._documentation = documentation
         self._labelnames = list(labelnames)
-        self._bounds = np.array([*buckets, float("inf")])
+        self._bound_list = [*map(float, buckets), float("inf")]
+        self._bounds = np.array(self._bound_list)
         self._le = [floatToGoString(b) for b in self._bounds]
         self._lock = threading.Lock()
         # label values → [bucket counts], [sum]
@@ -137,10 +141,21 @@ class BulkHistogram:
 
     def add(self, labels: tuple[str, ...], values: np.ndarray) -> None:
         with self._lock:
-            series = self._series.get(labels)
-            if series is None:
-                series = self._series[labels] = ([0] * len(self._bounds), [0.0])
-            fold_values(*series, self._bounds, values, upper_inclusive=True)
+            fold_values(*self._series_for(labels), self._bounds, values, upper_inclusive=True)
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        """One value (callers off the event loop, where no Recorder may go)."""
+        index = bisect.bisect_left(self._bound_list, value)  # value <= bound
+        with self._lock:
+            counts, total = self._series_for(labels)
+            counts[index] += 1
+            total[0] += value
+
+    def _series_for(self, labels: tuple[str, ...]) -> tuple[list[int], list[float]]:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = ([0] * len(self._bounds), [0.0])
+        return series
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self._documentation, labels=self._labelnames)
@@ -243,12 +258,12 @@ class Metrics:
         )
 
         # ------------------------------------------------------------ batching
-        self.batch_size = Histogram(
+        self.batch_size = BulkHistogram(
             "model_server_batch_size",
             "Rows in each batch the batching layer ran (before padding).",
             ["model", "signature"],
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=reg,
+            BATCH_SIZE_BUCKETS,
+            reg,
         )
         self.batch_padding = Counter(
             "model_server_batch_padding_rows",
@@ -256,12 +271,12 @@ class Metrics:
             ["model", "signature"],
             registry=reg,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = BulkHistogram(
             "model_server_batch_queue_wait_seconds",
             "Time a request waited in a batching queue before its batch started.",
             ["model", "signature"],
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
+            LATENCY_BUCKETS,
+            reg,
         )
         self.queue_depth = Gauge(
             "model_server_batch_queue_depth",
@@ -331,8 +346,6 @@ class Metrics:
         self.c_requests = Children(self.requests)
         self.c_inflight = Children(self.inflight)
         self.c_unknown_model = Children(self.unknown_model)
-        self.c_batch_size = Children(self.batch_size)
-        self.c_queue_wait = Children(self.queue_wait)
         self.c_queue_depth = Children(self.queue_depth)
 
         self._state_source: Callable[[], Iterable[tuple[str, str, int]]] | None = None
@@ -412,7 +425,7 @@ def get() -> Metrics:
 def observe_batch(model: str, signature: str, size: int, padded_size: int | None = None) -> None:
     """One batch was run: `size` real rows, padded to `padded_size` (if padded)."""
     m = get()
-    m.c_batch_size(model, signature).observe(size)
+    m.batch_size.observe((model, signature), size)
     if padded_size is not None and padded_size > size:
         m.batch_padding.labels(model, signature).inc(padded_size - size)
     m.tfs_wrapped_runs.inc(())
@@ -426,8 +439,27 @@ def observe_queue_wait(
 ) -> None:
     """A request left the queue after `seconds` (call once per request)."""
     m = get()
-    m.c_queue_wait(model, signature).observe(seconds)
+    m.queue_wait.observe((model, signature), seconds)
     m.tfs_queuing_latency.observe((thread_pool_name,), seconds * 1e6)
+
+
+def observe_alone(model: str, signature: str, rows: int) -> None:
+    """A request ran at once on the event loop as a batch of its own: recorded
+    as `observe_batch` + `observe_queue_wait(0)` record it, through a Recorder
+    (event loop thread only), as this is once per request."""
+    m = get()
+    m.recorder(("alone", model, signature), lambda: _alone_sinks(m, model, signature)).add(rows)
+
+
+def _alone_sinks(m: Metrics, model: str, signature: str) -> list[Sink]:
+    labels = (model, signature)
+    pool = (DEFAULT_BATCH_THREAD_POOL,)
+    return [
+        lambda rows: m.batch_size.add(labels, rows),
+        lambda rows: m.queue_wait.add(labels, np.zeros_like(rows)),
+        lambda rows: m.tfs_queuing_latency.observe_many(pool, np.zeros_like(rows)),
+        lambda rows: m.tfs_wrapped_runs.inc((), len(rows)),
+    ]
 
 
 class StorageHooks:

@@ -140,7 +140,7 @@ class RequestObserver:
         recorder = self._bound.get(key)
         if recorder is None:
             recorder = self._bound[key] = self._metrics.recorder(key, lambda: self._sinks(key))
-        times = recorder.times  # Recorder.add, written out: this runs on every request
+        times = recorder.pending  # Recorder.add, written out: this runs on every request
         times.append(elapsed)
         if len(times) >= FOLD_EVERY:
             recorder.fold()

@@ -127,6 +127,10 @@ class RecordingMetrics:
     ) -> None:
         self.batches.append((size, padded_size))
 
+    def observe_alone(self, model: str, signature: str, rows: int) -> None:
+        self.observe_batch(model, signature, rows, rows)
+        self.observe_queue_wait(model, signature, 0.0)
+
 
 def test_a_lone_request_is_counted_as_a_batch_of_one_and_an_unbatchable_one_still_found():
     metrics = RecordingMetrics()
@@ -149,6 +153,38 @@ def test_a_lone_request_is_counted_as_a_batch_of_one_and_an_unbatchable_one_stil
     assert metrics.batches == [(2, 2)] * 6  # every request, alone or not, one batch of 2 rows
     assert len(metrics.waits) == 6 and all(w >= 0 for w in metrics.waits)
     assert metrics.waits[-1] == 0.0  # ran inside its own call: no wait
+    runner.close()
+
+
+def test_the_only_request_in_the_server_runs_alone_without_marking_the_iteration():
+    inflight = [1]
+    runner = BatchingRunner(
+        BatchOptions(max_batch_size=32, num_batch_threads=1),
+        ThreadPoolExecutor(2),
+        inflight=lambda: inflight[0],
+    )
+    servable = HalfPlusTwo()
+
+    async def main():
+        for _ in range(4):  # the queue learns it is fast, then runs requests at once
+            await _call(runner, servable, np.ones((1, 1), np.float32))
+            await asyncio.sleep(0)
+        batches = len(servable.batches)
+        await _call(runner, servable, np.ones((1, 1), np.float32))
+        assert len(servable.batches) == batches + 1
+        assert not runner._wake_pending  # nothing to clear at the end of the iteration
+        inflight[0] = 3  # others in flight: they may join, so the iteration is marked
+        await _call(runner, servable, np.ones((1, 1), np.float32))
+        assert runner._wake_pending
+        # ...and a burst in one iteration still forms a batch behind the first request.
+        await asyncio.sleep(0)
+        burst = len(servable.batches)
+        xs = [np.full((1, 1), float(i), np.float32) for i in range(4)]
+        outs = await asyncio.gather(*(_call(runner, servable, x) for x in xs))
+        assert [float(o["y"][0, 0]) for o in outs] == [0.5 * i + 2 for i in range(4)]
+        assert servable.batches[burst:] == [1, 3]
+
+    asyncio.run(main())
     runner.close()
 
 

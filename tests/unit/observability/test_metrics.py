@@ -53,8 +53,8 @@ def test_recorder_folds_every_so_often_and_on_every_scrape() -> None:
     assert m.recorder(("k",), lambda: []) is recorder  # one per outcome
     for _ in range(mm.FOLD_EVERY + 3):
         recorder.add(0.001)
-    assert seen == [mm.FOLD_EVERY] and recorder.times == [0.001] * 3
+    assert seen == [mm.FOLD_EVERY] and recorder.pending == [0.001] * 3
     m.page()
-    assert seen == [mm.FOLD_EVERY, 3] and recorder.times == []
+    assert seen == [mm.FOLD_EVERY, 3] and recorder.pending == []
     m.page()  # nothing new: no empty fold
     assert seen == [mm.FOLD_EVERY, 3]
