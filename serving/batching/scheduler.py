@@ -165,6 +165,8 @@ class BatchQueue:
         self.batches: deque[Batch] = deque([Batch()])
         self.describe = f"{servable.name} version {servable.version} signature {signature.key!r}"
         self.model = servable.name
+        self.pads = bool(options.allowed_batch_sizes)
+        self._record_alone = metrics.alone_recorder(self.model, signature.key)
         # Recent batch run times (seconds): `inline` says whether the event
         # loop may run this queue's batches itself (see the module docstring).
         self._runs: deque[float] = deque(maxlen=INLINE_WINDOW)
@@ -281,7 +283,7 @@ class BatchQueue:
     def run_one(self, inputs: Mapping[str, np.ndarray], rows: int) -> Outputs:
         """`execute` for one unpadded request on the caller's thread (`Scheduler.run_alone`):
         nothing to merge or split, so its errors are raised as they come."""
-        self._metrics.observe_alone(self.model, self.signature.key, rows)
+        self._record_alone(rows)
         return self._unsplit(self._run(inputs), rows)
 
     def _run(self, inputs: Mapping[str, np.ndarray]) -> Outputs:
@@ -297,8 +299,10 @@ class BatchQueue:
     def _unsplit(self, out: Outputs, rows: int) -> Outputs:
         """A one-request, unpadded batch's answer, which is exactly the unbatched
         one; outputs that do not follow the batch stop later batching."""
-        if any(v.ndim == 0 or v.shape[0] != rows for v in out.values()):
-            self._on_unbatchable(self.signature.key, self.describe)
+        for value in out.values():  # a loop, not any(...): this runs per request
+            if value.ndim == 0 or value.shape[0] != rows:
+                self._on_unbatchable(self.signature.key, self.describe)
+                break
         return out
 
     def execute(self, batch: Batch) -> tuple[list[Outputs], ServingError | None]:
@@ -369,7 +373,10 @@ class Scheduler:
     """`num_batch_threads` threads shared by all queues (TF Serving's model)."""
 
     def __init__(self, num_threads: int, name: str = "batch_threads") -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # Per-request paths (`submit`, `run_alone`) take the lock itself: the
+        # Condition's own enter/exit are Python calls.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._max_threads = num_threads
         self._name = name
         self._threads: list[threading.Thread] = []
@@ -388,7 +395,7 @@ class Scheduler:
         requests it submitted in one go (one event-loop iteration), so a burst
         of requests costs one thread wake-up and lands in one batch.
         """
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise unavailable("the server is shutting down")
             queue.add(task, time.monotonic())
@@ -407,10 +414,14 @@ class Scheduler:
         future, the wake-up and the extra loop iteration a queued request
         costs, and records the same batch metrics.
         """
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise unavailable("the server is shutting down")
-            if rows > queue.limit or not queue.idle() or queue.options.padded_size(rows) != rows:
+            if (
+                rows > queue.limit
+                or not queue.idle()
+                or (queue.pads and queue.options.padded_size(rows) != rows)
+            ):
                 return None
         self.batches += 1
         self.tasks += 1

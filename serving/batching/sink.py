@@ -6,6 +6,7 @@ server hands it `serving.observability.metrics`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -21,9 +22,11 @@ class BatchMetrics(Protocol):
     ) -> None:
         """One batch ran: `size` real rows, padded to `padded_size` (if padded)."""
 
-    def observe_alone(self, model: str, signature: str, rows: int) -> None:
-        """A request ran on the event loop as an unpadded batch of its own with no
-        queue wait (once per request, on the event loop thread)."""
+    def alone_recorder(self, model: str, signature: str) -> Callable[[float], None]:
+        """What to call with the rows of a request that ran on the event loop as an
+        unpadded batch of its own with no queue wait (once per request, on the
+        event loop thread). Asked once per queue."""
+        ...
 
 
 class NoMetrics:
@@ -40,5 +43,9 @@ class NoMetrics:
     ) -> None:
         pass
 
-    def observe_alone(self, model: str, signature: str, rows: int) -> None:
-        pass
+    def alone_recorder(self, model: str, signature: str) -> Callable[[float], None]:
+        return _ignore
+
+
+def _ignore(rows: float) -> None:
+    pass

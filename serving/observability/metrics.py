@@ -12,10 +12,10 @@ models' versions and signatures (the request observer validates the name
 first), never from raw client input.
 
 Batching hooks (called by the batching layer; cheap, thread-safe except
-observe_alone, which the event loop calls):
+what alone_recorder returns, which the event loop calls):
     observe_batch(model, signature, size, padded_size=None)
     observe_queue_wait(model, signature, seconds, thread_pool_name=...)
-    observe_alone(model, signature, rows)
+    alone_recorder(model, signature) -> record(rows)
     set_queue_depth(model, signature, depth)
 """
 
@@ -443,12 +443,12 @@ def observe_queue_wait(
     m.tfs_queuing_latency.observe((thread_pool_name,), seconds * 1e6)
 
 
-def observe_alone(model: str, signature: str, rows: int) -> None:
-    """A request ran at once on the event loop as a batch of its own: recorded
-    as `observe_batch` + `observe_queue_wait(0)` record it, through a Recorder
-    (event loop thread only), as this is once per request."""
+def alone_recorder(model: str, signature: str) -> Callable[[float], None]:
+    """What records a request that ran at once on the event loop as a batch of
+    its own (`rows` rows): as `observe_batch` + `observe_queue_wait(0)` record
+    it, through a Recorder (event loop thread only), as this is once per request."""
     m = get()
-    m.recorder(("alone", model, signature), lambda: _alone_sinks(m, model, signature)).add(rows)
+    return m.recorder(("alone", model, signature), lambda: _alone_sinks(m, model, signature)).add
 
 
 def _alone_sinks(m: Metrics, model: str, signature: str) -> list[Sink]:

@@ -127,9 +127,12 @@ class RecordingMetrics:
     ) -> None:
         self.batches.append((size, padded_size))
 
-    def observe_alone(self, model: str, signature: str, rows: int) -> None:
-        self.observe_batch(model, signature, rows, rows)
-        self.observe_queue_wait(model, signature, 0.0)
+    def alone_recorder(self, model: str, signature: str):
+        def record(rows: float) -> None:
+            self.observe_batch(model, signature, int(rows), int(rows))
+            self.observe_queue_wait(model, signature, 0.0)
+
+        return record
 
 
 def test_a_lone_request_is_counted_as_a_batch_of_one_and_an_unbatchable_one_still_found():
