@@ -21,7 +21,6 @@ what alone_recorder returns, which the event loop calls):
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
@@ -33,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
-from serving.observability.tfs import TfsRegistry, exponential_buckets, fold_values
+from serving.observability.tfs import BucketSeries, TfsRegistry, exponential_buckets
 
 # `_created` series double the page for no dashboard's benefit.
 prometheus_client.disable_created_metrics()
@@ -70,6 +69,7 @@ DEFAULT_BATCH_THREAD_POOL = "model_server_batch_threads"
 
 
 L = TypeVar("L", Counter, Gauge, Histogram)
+K = TypeVar("K", bound=Hashable)
 
 # Per-request records a Recorder keeps before folding them into the metrics.
 FOLD_EVERY = 256
@@ -131,31 +131,12 @@ class BulkHistogram:
         self.name = name
         self._documentation = documentation
         self._labelnames = list(labelnames)
-        self._bound_list = [*map(float, buckets), float("inf")]
-        self._bounds = np.array(self._bound_list)
-        self._le = [floatToGoString(b) for b in self._bounds]
-        self._lock = threading.Lock()
-        # label values → [bucket counts], [sum]
-        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        self._buckets = BucketSeries(buckets, upper_inclusive=True)
+        self._le = [*map(floatToGoString, self._buckets.limits), "+Inf"]
+        # A sink takes arrays, other callers one value (both thread-safe).
+        self.add = self._buckets.observe_many
+        self.observe = self._buckets.observe
         registry.register(self)
-
-    def add(self, labels: tuple[str, ...], values: np.ndarray) -> None:
-        with self._lock:
-            fold_values(*self._series_for(labels), self._bounds, values, upper_inclusive=True)
-
-    def observe(self, labels: tuple[str, ...], value: float) -> None:
-        """One value (callers off the event loop, where no Recorder may go)."""
-        index = bisect.bisect_left(self._bound_list, value)  # value <= bound
-        with self._lock:
-            counts, total = self._series_for(labels)
-            counts[index] += 1
-            total[0] += value
-
-    def _series_for(self, labels: tuple[str, ...]) -> tuple[list[int], list[float]]:
-        series = self._series.get(labels)
-        if series is None:
-            series = self._series[labels] = ([0] * len(self._bounds), [0.0])
-        return series
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self._documentation, labels=self._labelnames)
@@ -165,9 +146,7 @@ class BulkHistogram:
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = self._family()
-        with self._lock:
-            items = [(labels, list(c), s[0]) for labels, (c, s) in self._series.items()]
-        for labels, counts, total in items:
+        for labels, counts, total in self._buckets.snapshot():
             cumulative = np.cumsum(counts).tolist()
             family.add_metric(list(labels), list(zip(self._le, cumulative, strict=True)), total)
         yield family
@@ -353,11 +332,11 @@ class Metrics:
         # Per outcome: its Recorder (bounded like the label sets they feed).
         self._recorders: dict[Hashable, Recorder] = {}
 
-    def recorder(self, key: Hashable, sinks: Callable[[], Sequence[Sink]]) -> Recorder:
-        """The Recorder for one outcome (`key`), made with `sinks()` the first time."""
+    def recorder(self, key: K, sinks: Callable[[K], Sequence[Sink]]) -> Recorder:
+        """The Recorder for one outcome (`key`), made with `sinks(key)` the first time."""
         found = self._recorders.get(key)
         if found is None:
-            found = self._recorders[key] = Recorder(sinks())
+            found = self._recorders[key] = Recorder(sinks(key))
         return found
 
     def set_version_states(self, source: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
@@ -447,12 +426,12 @@ def alone_recorder(model: str, signature: str) -> Callable[[float], None]:
     """What records a request that ran at once on the event loop as a batch of
     its own (`rows` rows): as `observe_batch` + `observe_queue_wait(0)` record
     it, through a Recorder (event loop thread only), as this is once per request."""
+    return get().recorder(("alone", model, signature), _alone_sinks).add
+
+
+def _alone_sinks(key: tuple[str, str, str]) -> list[Sink]:
     m = get()
-    return m.recorder(("alone", model, signature), lambda: _alone_sinks(m, model, signature)).add
-
-
-def _alone_sinks(m: Metrics, model: str, signature: str) -> list[Sink]:
-    labels = (model, signature)
+    labels = key[1:]
     pool = (DEFAULT_BATCH_THREAD_POOL,)
     return [
         lambda rows: m.batch_size.add(labels, rows),

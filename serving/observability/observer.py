@@ -33,7 +33,7 @@ import numpy as np
 
 from serving.errors import ServingError
 from serving.inference.runner import Runner
-from serving.observability.metrics import FOLD_EVERY, TFS_API, Metrics, Recorder, Sink
+from serving.observability.metrics import TFS_API, Metrics, Recorder, Sink
 from serving.servables.base import Servable
 from serving.servables.signature import Signature
 
@@ -82,9 +82,6 @@ class RequestObserver:
         for protocol in _ENTRYPOINTS:
             self._count_protocol(protocol)
         self._idle: asyncio.Event | None = None  # only while the drain waits
-        # Per outcome (model, version, signature, api, protocol, code): the
-        # Recorder `finish` adds to. Bounded like the label sets themselves.
-        self._bound: dict[tuple, Recorder] = {}
         # Set by the drain: new requests are refused (UNAVAILABLE / HTTP 503).
         self.draining = False
 
@@ -136,14 +133,9 @@ class RequestObserver:
         model, api = call.model, call.api
         if not model and api != "reload_config":
             return  # unknown or missing model name: no per-model series
+        # One Recorder per outcome: bounded like the label sets themselves.
         key = (model, call.version, call.signature, api, call.protocol, code)
-        recorder = self._bound.get(key)
-        if recorder is None:
-            recorder = self._bound[key] = self._metrics.recorder(key, lambda: self._sinks(key))
-        times = recorder.pending  # Recorder.add, written out: this runs on every request
-        times.append(elapsed)
-        if len(times) >= FOLD_EVERY:
-            recorder.fold()
+        self._metrics.recorder(key, self._sinks).add(elapsed)
 
     def _sinks(self, key: tuple[str, str, str, str, str, grpc.StatusCode]) -> list[Sink]:
         """Everything `finish` records for one outcome, resolved once (labels
@@ -203,7 +195,7 @@ class ObservedRunner:
         m = self._metrics
         name = servable.name
 
-        def sinks() -> list[Sink]:
+        def sinks(key: tuple[str, str, str, str, str]) -> list[Sink]:
             run_labels = (name, version, sig)
             out: list[Sink] = [lambda values: m.run_duration.add(run_labels, values)]
             if tfs_api:

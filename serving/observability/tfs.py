@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -23,27 +24,55 @@ def exponential_buckets(scale: float, growth: float, count: int) -> list[float]:
     return [scale * growth**i for i in range(count)]
 
 
-def fold_values(
-    counts: list[int],
-    total: list[float],
-    limits: np.ndarray,
-    values: np.ndarray,
-    upper_inclusive: bool,
-) -> None:
-    """Add many observations to a histogram series at once: `counts` has one
-    slot per limit and then the overflow, `total[0]` is the sum.
+class BucketSeries:
+    """A labelled histogram's state: per label set, one count per bucket (the
+    last one past every limit) and the sum; fed one value or a whole array.
 
-    TF's buckets hold value < limit, Prometheus's value <= limit. The sum is
-    added in order, so it is exactly what adding one value at a time gives.
+    TF's buckets hold value < limit, Prometheus's value <= limit
+    (`upper_inclusive`). Thread-safe.
     """
-    index = np.searchsorted(limits, values, side="left" if upper_inclusive else "right")
-    found = np.bincount(index, minlength=len(counts))
-    for slot in np.flatnonzero(found).tolist():
-        counts[slot] += int(found[slot])
-    acc = total[0]
-    for value in values.tolist():
-        acc += value
-    total[0] = acc
+
+    def __init__(self, limits: Sequence[float], upper_inclusive: bool) -> None:
+        self.limits = [float(limit) for limit in limits]
+        self._array = np.array(self.limits)
+        self._side: Literal["left", "right"] = "left" if upper_inclusive else "right"
+        self._bisect = bisect.bisect_left if upper_inclusive else bisect.bisect_right
+        self._lock = threading.Lock()
+        # label values → ([bucket counts], [sum]), in the order they first appeared
+        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        index = self._bisect(self.limits, value)
+        with self._lock:
+            counts, total = self._series_for(labels)
+            counts[index] += 1
+            total[0] += value
+
+    def observe_many(self, labels: tuple[str, ...], values: np.ndarray) -> None:
+        """`observe` for each of `values` (folded per-request records). The sum
+        is added in order, so it is exactly what one value at a time gives."""
+        found = np.bincount(
+            np.searchsorted(self._array, values, side=self._side), minlength=len(self.limits) + 1
+        )
+        with self._lock:
+            counts, total = self._series_for(labels)
+            for slot in np.flatnonzero(found).tolist():
+                counts[slot] += int(found[slot])
+            acc = total[0]
+            for value in values.tolist():
+                acc += value
+            total[0] = acc
+
+    def snapshot(self) -> list[tuple[tuple[str, ...], list[int], float]]:
+        """(label values, bucket counts, sum) of every series, in first-seen order."""
+        with self._lock:
+            return [(labels, list(c), s[0]) for labels, (c, s) in self._series.items()]
+
+    def _series_for(self, labels: tuple[str, ...]) -> tuple[list[int], list[float]]:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = ([0] * (len(self.limits) + 1), [0.0])
+        return series
 
 
 def _fmt_limit(limit: float) -> str:
@@ -101,34 +130,13 @@ class TfsHistogram(_Metric):
 
     def __init__(self, name: str, labels: Sequence[str], limits: Sequence[float]) -> None:
         super().__init__(name, labels)
-        self.limits = list(limits)
-        self._limits = np.array(self.limits)
-        # per label set: [bucket counts (len(limits)+1), sum]
-        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
-
-    def observe(self, labels: tuple[str, ...], value: float) -> None:
-        # TF's histogram buckets are upper-exclusive: value < limit.
-        index = bisect.bisect_right(self.limits, value)
-        with self._lock:
-            counts, total = self._series_for(labels)
-            counts[index] += 1
-            total[0] += value
-
-    def observe_many(self, labels: tuple[str, ...], values: np.ndarray) -> None:
-        """`observe` for a whole array of values (folded per-request records)."""
-        with self._lock:
-            counts, total = self._series_for(labels)
-            fold_values(counts, total, self._limits, values, upper_inclusive=False)
-
-    def _series_for(self, labels: tuple[str, ...]) -> tuple[list[int], list[float]]:
-        series = self._series.get(labels)
-        if series is None:
-            series = self._series[labels] = ([0] * (len(self.limits) + 1), [0.0])
-        return series
+        self._buckets = BucketSeries(limits, upper_inclusive=False)
+        self.limits = self._buckets.limits
+        self.observe = self._buckets.observe
+        self.observe_many = self._buckets.observe_many
 
     def render(self, out: list[str]) -> None:
-        with self._lock:
-            items = sorted((k, (list(c), s[0])) for k, (c, s) in self._series.items())
+        items = sorted((k, (c, s)) for k, c, s in self._buckets.snapshot())
         if not items:
             return
         out.append(f"# TYPE {self.name} histogram")

@@ -49,8 +49,8 @@ def test_tfs_histogram_bulk_matches_one_at_a_time() -> None:
 def test_recorder_folds_every_so_often_and_on_every_scrape() -> None:
     m = mm.Metrics()
     seen: list[int] = []
-    recorder = m.recorder(("k",), lambda: [lambda values: seen.append(len(values))])
-    assert m.recorder(("k",), lambda: []) is recorder  # one per outcome
+    recorder = m.recorder(("k",), lambda key: [lambda values: seen.append(len(values))])
+    assert m.recorder(("k",), lambda key: []) is recorder  # one per outcome
     for _ in range(mm.FOLD_EVERY + 3):
         recorder.add(0.001)
     assert seen == [mm.FOLD_EVERY] and recorder.pending == [0.001] * 3
